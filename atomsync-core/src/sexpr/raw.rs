@@ -1,0 +1,89 @@
+//! [`Raw`]: one S-expression kept as text.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use serde::ser::{Serialize, Serializer};
+
+use super::{RAW_TOKEN, Result};
+
+/// One well-formed S-expression datum, kept as text.
+///
+/// It lets a message carry an application value without knowing its type: the
+/// server stores and forwards document values as `Raw`, and only the clients
+/// decode them into their own types. Inside an S-expression message it is
+/// written inline (not as a string); in other formats it is a string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Raw(String);
+
+impl Raw {
+    /// Encodes `value` as a datum.
+    pub fn from_value<T: ?Sized + Serialize>(value: &T) -> Result<Self> {
+        super::to_string(value).map(Raw)
+    }
+
+    /// Checks that `text` is exactly one datum (within the depth limit) and keeps
+    /// it with canonical spacing.
+    pub fn from_text(text: &str) -> Result<Self> {
+        super::from_str::<Raw>(text)
+    }
+
+    /// Decodes the datum into a Rust value.
+    pub fn to_value<'a, T: Deserialize<'a>>(&'a self) -> Result<T> {
+        super::from_str(&self.0)
+    }
+
+    /// The datum's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The datum's text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Raw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Raw({})", self.0)
+    }
+}
+
+impl fmt::Display for Raw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Raw {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_struct(RAW_TOKEN, self.0.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RawVisitor;
+        impl<'de> Visitor<'de> for RawVisitor {
+            type Value = Raw;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an S-expression")
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Raw, E> {
+                // Only this crate's deserializer takes this path, with text it
+                // has just validated and re-spaced.
+                String::from_utf8(v).map(Raw).map_err(E::custom)
+            }
+            fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Raw::from_text(&text).map_err(de::Error::custom)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+                // From another format: the text still has to be one datum.
+                Raw::from_text(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_newtype_struct(RAW_TOKEN, RawVisitor)
+    }
+}
