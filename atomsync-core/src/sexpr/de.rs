@@ -8,6 +8,7 @@ use super::{DEFAULT_MAX_DEPTH, RAW_TOKEN};
 
 /// Reads one S-expression from text into any [`Deserialize`](serde::Deserialize) type.
 pub struct Deserializer<'de> {
+    text: &'de str,
     input: &'de [u8],
     pos: usize,
     depth: usize,
@@ -33,11 +34,33 @@ enum Lead {
     Atom,
 }
 
+/// Bytes that end an atom.
+static DELIMITER: [bool; 256] = {
+    let mut table = [false; 256];
+    let delimiters = b" \t\n\r\x0c()\";|[]";
+    let mut i = 0;
+    while i < delimiters.len() {
+        table[delimiters[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+/// Bytes that start whitespace or a line comment.
+static SPACE_OR_COMMENT: [bool; 256] = {
+    let mut table = [false; 256];
+    let bytes = b" \t\n\r\x0c;";
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+#[inline]
 fn is_delimiter(b: u8) -> bool {
-    matches!(
-        b,
-        b' ' | b'\t' | b'\n' | b'\r' | 0x0c | b'(' | b')' | b'"' | b';' | b'|' | b'[' | b']'
-    )
+    DELIMITER[b as usize]
 }
 
 fn syntax(msg: impl Into<String>) -> Error {
@@ -61,7 +84,15 @@ impl<'de> Deserializer<'de> {
     /// A deserializer over `input`, with the default depth limit.
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(input: &'de str) -> Self {
-        Self::from_utf8(input.as_bytes())
+        Deserializer {
+            text: input,
+            input: input.as_bytes(),
+            pos: 0,
+            depth: 0,
+            max_depth: DEFAULT_MAX_DEPTH,
+            implicit_open: false,
+            scratch: Vec::new(),
+        }
     }
 
     /// A deserializer over bytes that must be UTF-8.
@@ -69,17 +100,6 @@ impl<'de> Deserializer<'de> {
         match std::str::from_utf8(input) {
             Ok(s) => Ok(Self::from_str(s)),
             Err(e) => Err(syntax("invalid UTF-8").at(input, e.valid_up_to())),
-        }
-    }
-
-    fn from_utf8(input: &'de [u8]) -> Self {
-        Deserializer {
-            input,
-            pos: 0,
-            depth: 0,
-            max_depth: DEFAULT_MAX_DEPTH,
-            implicit_open: false,
-            scratch: Vec::new(),
         }
     }
 
@@ -139,13 +159,20 @@ impl<'de> Deserializer<'de> {
         }
     }
 
+    #[inline]
     fn lead(&mut self) -> Result<Lead> {
         if self.implicit_open {
             return Ok(Lead::Open);
         }
-        self.skip_ws()?;
-        let Some(&b) = self.input.get(self.pos) else {
-            return Ok(Lead::Eof);
+        let b = match self.input.get(self.pos) {
+            Some(&b) if !SPACE_OR_COMMENT[b as usize] => b,
+            _ => {
+                self.skip_ws()?;
+                match self.input.get(self.pos) {
+                    Some(&b) => b,
+                    None => return Ok(Lead::Eof),
+                }
+            }
         };
         Ok(match b {
             b'(' | b'[' => Lead::Open,
@@ -155,6 +182,11 @@ impl<'de> Deserializer<'de> {
             b'#' => match self.input.get(self.pos + 1) {
                 Some(b'(') => Lead::Vector,
                 Some(b'u') if self.input[self.pos..].starts_with(b"#u8(") => Lead::Bytes,
+                Some(b'|') => {
+                    // A block comment.
+                    self.skip_ws()?;
+                    return self.lead();
+                }
                 _ => Lead::Hash,
             },
             b'.' if self
@@ -168,6 +200,7 @@ impl<'de> Deserializer<'de> {
         })
     }
 
+    #[inline]
     fn enter(&mut self) -> Result<()> {
         self.depth += 1;
         if self.depth > self.max_depth {
@@ -179,11 +212,13 @@ impl<'de> Deserializer<'de> {
         Ok(())
     }
 
+    #[inline]
     fn leave(&mut self) {
         self.depth -= 1;
     }
 
     /// Consumes the opening of a list (or takes the elided one).
+    #[inline]
     fn open_list(&mut self) -> Result<()> {
         match self.lead()? {
             Lead::Open => {
@@ -198,6 +233,7 @@ impl<'de> Deserializer<'de> {
         }
     }
 
+    #[inline]
     fn close_list(&mut self) -> Result<()> {
         match self.lead()? {
             Lead::Close => {
@@ -230,7 +266,16 @@ impl<'de> Deserializer<'de> {
         ))
     }
 
+    /// The input text between two byte offsets that lie on ASCII delimiters.
+    fn slice(&self, start: usize, end: usize) -> Result<&'de str> {
+        match self.text.get(start..end) {
+            Some(s) => Ok(s),
+            None => Err(self.err(syntax("token does not end on a character boundary"))),
+        }
+    }
+
     /// The bytes of the atom at the cursor (up to a delimiter), consumed.
+    #[inline]
     fn atom(&mut self) -> &'de [u8] {
         let start = self.pos;
         while let Some(&b) = self.input.get(self.pos) {
@@ -267,19 +312,18 @@ impl<'de> Deserializer<'de> {
         let start = self.pos;
         self.pos += 1;
         let content_start = self.pos;
-        loop {
-            match self.input.get(self.pos) {
-                None => {
-                    self.pos = start;
-                    return Err(self.err(Error::new(Category::Eof, "unterminated string")));
-                }
-                Some(b'"') => {
-                    let s = &self.input[content_start..self.pos];
+        match memchr::memchr2(b'"', b'\\', &self.input[self.pos..]) {
+            None => {
+                self.pos = start;
+                return Err(self.err(Error::new(Category::Eof, "unterminated string")));
+            }
+            Some(n) => {
+                self.pos += n;
+                if self.input[self.pos] == b'"' {
+                    let s = self.slice(content_start, self.pos)?;
                     self.pos += 1;
-                    return Ok(Str::Borrowed(to_str(s)));
+                    return Ok(Str::Borrowed(s));
                 }
-                Some(b'\\') => break,
-                Some(_) => self.pos += 1,
             }
         }
         self.scratch.clear();
@@ -299,9 +343,11 @@ impl<'de> Deserializer<'de> {
                     self.pos += 1;
                     self.parse_escape(b'"')?;
                 }
-                Some(&b) => {
-                    self.scratch.push(b);
-                    self.pos += 1;
+                Some(_) => {
+                    let rest = &self.input[self.pos..];
+                    let n = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                    self.scratch.extend_from_slice(&rest[..n]);
+                    self.pos += n;
                 }
             }
         }
@@ -391,7 +437,7 @@ impl<'de> Deserializer<'de> {
             self.pos = start;
             return Err(self.unexpected("a symbol"));
         }
-        Ok(Str::Borrowed(to_str(text)))
+        Ok(Str::Borrowed(self.slice(start, self.pos)?))
     }
 
     /// Parses `#t`, `#f`, `#nil`, or a `#\` character at the cursor.
@@ -755,6 +801,17 @@ fn classify_number(text: &[u8]) -> Option<Number> {
     if !(first.is_ascii_digit() || first == b'.' && digits.get(1).is_some_and(u8::is_ascii_digit)) {
         return None;
     }
+    if digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+        // Fits in i64 whatever the digits: no overflow checks needed.
+        let n = digits
+            .iter()
+            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+        return Some(if text[0] == b'-' {
+            Number::Int(i128::from(-n))
+        } else {
+            Number::UInt(n as u128)
+        });
+    }
     let s = to_str(text);
     if digits.iter().all(u8::is_ascii_digit) {
         return Some(if text[0] == b'-' {
@@ -905,9 +962,18 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                 let s = self.parse_str()?;
                 self.visit_str(s, visitor)
             }
-            Lead::QuotedSymbol | Lead::Atom if self.peek_is_symbol()? => {
+            Lead::QuotedSymbol => {
                 let s = self.parse_symbol()?;
                 self.visit_str(s, visitor)
+            }
+            Lead::Atom => {
+                let start = self.pos;
+                if classify_number(self.atom()).is_none() {
+                    let s = self.slice(start, self.pos)?;
+                    return visitor.visit_borrowed_str(s);
+                }
+                self.pos = start;
+                Err(self.unexpected("a string"))
             }
             _ => Err(self.unexpected("a string")),
         }

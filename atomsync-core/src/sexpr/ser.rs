@@ -59,26 +59,39 @@ impl<'w> Serializer<'w> {
     }
 }
 
+/// For each byte: 0 = copy, 1 = `\xHEX;`, otherwise the letter after `\`.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = 1;
+        i += 1;
+    }
+    table[0x7f] = 1;
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table[b'\n' as usize] = b'n';
+    table[b'\t' as usize] = b't';
+    table[b'\r' as usize] = b'r';
+    table
+};
+
 /// Writes `s` as a string literal with R6RS escapes.
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\t' => b"\\t",
-            b'\r' => b"\\r",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
+        let escape = ESCAPE[b as usize];
+        if escape == 0 {
+            continue;
+        }
         out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
+        if escape == 1 {
             write_hex_escape(out, u32::from(b));
         } else {
-            out.extend_from_slice(escape);
+            out.extend_from_slice(&[b'\\', escape]);
         }
         start = i + 1;
     }
@@ -94,15 +107,41 @@ fn write_hex_escape(out: &mut Vec<u8>, code: u32) {
 /// as the same symbol (not as a number, a dot or `#` syntax).
 pub(crate) fn is_plain_symbol(name: &str) -> bool {
     let bytes = name.as_bytes();
-    let Some(&first) = bytes.first() else {
-        return false;
-    };
-    let initial = |b: u8| b.is_ascii_alphabetic() || b"!$%&*/:<=>?^_~".contains(&b);
-    initial(first)
-        && bytes[1..]
-            .iter()
-            .all(|&b| initial(b) || b.is_ascii_digit() || b"+-.@".contains(&b))
+    match bytes.first() {
+        Some(&first) => {
+            SYMBOL[first as usize] == 2 && bytes[1..].iter().all(|&b| SYMBOL[b as usize] != 0)
+        }
+        None => false,
+    }
 }
+
+/// For each byte: 2 = may start a plain symbol, 1 = may follow, 0 = needs `|...|`.
+static SYMBOL: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        if c.is_ascii_alphabetic() {
+            table[b] = 2;
+        } else if c.is_ascii_digit() {
+            table[b] = 1;
+        }
+        b += 1;
+    }
+    let initials = b"!$%&*/:<=>?^_~";
+    let mut i = 0;
+    while i < initials.len() {
+        table[initials[i] as usize] = 2;
+        i += 1;
+    }
+    let subsequents = b"+-.@";
+    let mut i = 0;
+    while i < subsequents.len() {
+        table[subsequents[i] as usize] = 1;
+        i += 1;
+    }
+    table
+};
 
 /// Writes a symbol: bare when plain, otherwise as `|...|` with escapes.
 pub(crate) fn write_symbol(out: &mut Vec<u8>, name: &str) {
