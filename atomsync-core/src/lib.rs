@@ -8,5 +8,6 @@
 //!   value exact (floats to the bit, `i128`, all enum representations).
 //! - [`protocol`] holds the messages clients and server exchange.
 
+pub mod engine;
 pub mod protocol;
 pub mod sexpr;

@@ -638,16 +638,16 @@ impl<'de> Deserializer<'de> {
                     }
                 }
             }
-            if let Some(out) = out.as_deref_mut() {
-                if lead != Lead::Close {
-                    if !after_open {
-                        out.push(b' ');
-                    }
-                    if lead == Lead::Open {
-                        out.push(b'(');
-                    } else {
-                        out.extend_from_slice(&self.input[start..self.pos]);
-                    }
+            if let Some(out) = out.as_deref_mut()
+                && lead != Lead::Close
+            {
+                if !after_open {
+                    out.push(b' ');
+                }
+                if lead == Lead::Open {
+                    out.push(b'(');
+                } else {
+                    out.extend_from_slice(&self.input[start..self.pos]);
                 }
             }
             if let Some(kind) = opened {

@@ -1,0 +1,1054 @@
+//! The seeded fault simulation.
+//!
+//! Several clients, each running one engine per group with its own storage,
+//! write, update and delete overlapping keys while a fault-injecting
+//! transport loses, duplicates, delays and reorders requests and responses in
+//! virtual time, the server restarts, and clients restart (also in the middle
+//! of pushes, restoring from their storage). Then the faults stop and
+//! everyone syncs until nothing changes, and the simulation checks:
+//!
+//! - every engine holds exactly the server's documents (values and versions,
+//!   tombstones included), has nothing pending, and its storage holds exactly
+//!   its state;
+//! - no acknowledged write was lost: each `(key, version)` an engine was told
+//!   was accepted is current (with the value written) or superseded by a
+//!   later version;
+//! - every conflict was reported: each local write was accepted by the
+//!   server, overwritten locally while still visible, reported as the local
+//!   value of a conflict, or (a delete) refused against a deleted document;
+//! - the cursor never skipped a change: after every pull page an engine uses,
+//!   every document whose last change is at or before its cursor has the
+//!   server's version in the engine.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+
+use super::{SimRng, SimServer};
+use crate::engine::{
+    Backoff, ConflictPolicy, Effects, Engine, EngineOptions, Failure, FailureKind, MemoryStorage,
+    Storage,
+};
+use crate::protocol::{
+    ChangeResult, Cursor, Document, ErrorBody, ErrorCode, MAX_PULL_LIMIT, PullRequest,
+    PullResponse, PushRequest, PushResponse,
+};
+use crate::sexpr::Raw;
+
+/// The shape of a simulation run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Steps of the faulty phase. Default 250.
+    pub steps: u32,
+    /// Fewest clients. Default 3.
+    pub min_clients: usize,
+    /// Most clients. Default 10.
+    pub max_clients: usize,
+    /// The groups every client syncs. Default `g1` and `g2`.
+    pub groups: Vec<String>,
+    /// Most distinct keys per group (each run picks 2 to this many). Default 6.
+    pub keys: u64,
+    /// Keep a trace of every event, shown when the run fails.
+    pub trace: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            steps: 250,
+            min_clients: 3,
+            max_clients: 10,
+            groups: vec!["g1".to_owned(), "g2".to_owned()],
+            keys: 6,
+            trace: false,
+        }
+    }
+}
+
+/// Counts of what happened in one or more runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Runs.
+    pub runs: u64,
+    /// Clients.
+    pub clients: u64,
+    /// Local writes (sets and deletes).
+    pub writes: u64,
+    /// Pushes sent.
+    pub pushes: u64,
+    /// Pulls sent.
+    pub pulls: u64,
+    /// Changes the server accepted.
+    pub accepted: u64,
+    /// Conflicts reported by engines.
+    pub conflicts: u64,
+    /// Requests lost on the way to the server.
+    pub lost_requests: u64,
+    /// Responses lost after the server handled the request.
+    pub lost_responses: u64,
+    /// Requests or responses delivered twice.
+    pub duplicated: u64,
+    /// Errors injected by the transport (5xx, 401, 400).
+    pub injected_errors: u64,
+    /// Cursor resets delivered to engines.
+    pub cursor_resets: u64,
+    /// Server restarts.
+    pub server_restarts: u64,
+    /// Client restarts.
+    pub client_restarts: u64,
+    /// Client restarts while a push was unanswered.
+    pub restarts_mid_push: u64,
+}
+
+impl SimStats {
+    fn add(&mut self, other: &SimStats) {
+        self.runs += other.runs;
+        self.clients += other.clients;
+        self.writes += other.writes;
+        self.pushes += other.pushes;
+        self.pulls += other.pulls;
+        self.accepted += other.accepted;
+        self.conflicts += other.conflicts;
+        self.lost_requests += other.lost_requests;
+        self.lost_responses += other.lost_responses;
+        self.duplicated += other.duplicated;
+        self.injected_errors += other.injected_errors;
+        self.cursor_resets += other.cursor_resets;
+        self.server_restarts += other.server_restarts;
+        self.client_restarts += other.client_restarts;
+        self.restarts_mid_push += other.restarts_mid_push;
+    }
+}
+
+/// A failed simulation run.
+#[derive(Debug, Clone)]
+pub struct SimError {
+    /// The run's seed.
+    pub seed: u64,
+    /// What went wrong.
+    pub message: String,
+    /// The events of the run, if [`SimConfig::trace`] was set.
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        write!(f, "simulation seed {} failed: {}", self.seed, self.message)
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// Runs the seeds chosen by the environment and panics with the first failing
+/// seed and how to replay it (`replay` is the command, e.g.
+/// `cargo test -p atomsync-core --test engine_sim`).
+///
+/// `ATOMSYNC_SEED=n` runs seed `n` alone with a trace; otherwise
+/// `ATOMSYNC_SIM_SEEDS=n` (default 1000) seeds from 0 run. `make_server`
+/// builds a fresh server for a seed.
+pub fn run_seeds<S: SimServer>(
+    replay: &str,
+    config: &SimConfig,
+    mut make_server: impl FnMut(u64) -> S,
+) -> SimStats {
+    let env_number = |name: &str| {
+        std::env::var(name).ok().map(|text| {
+            text.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{name} must be a number, not `{text}`"))
+        })
+    };
+    let (seeds, trace) = match env_number("ATOMSYNC_SEED") {
+        Some(seed) => (seed..seed + 1, true),
+        None => (0..env_number("ATOMSYNC_SIM_SEEDS").unwrap_or(1000), false),
+    };
+    let config = SimConfig {
+        trace: config.trace || trace,
+        ..config.clone()
+    };
+    let mut total = SimStats::default();
+    for seed in seeds {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            simulate(seed, make_server(seed), &config)
+        }));
+        match outcome {
+            Ok(Ok(stats)) => total.add(&stats),
+            Ok(Err(error)) => panic!("{error}\nreplay with: ATOMSYNC_SEED={seed} {replay}"),
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                panic!(
+                    "simulation seed {seed} panicked: {message}\nreplay with: ATOMSYNC_SEED={seed} {replay}"
+                );
+            }
+        }
+    }
+    total
+}
+
+/// Runs one simulation with `seed` against `server`.
+pub fn simulate<S: SimServer>(
+    seed: u64,
+    server: S,
+    config: &SimConfig,
+) -> Result<SimStats, SimError> {
+    let mut sim = Sim::new(seed, server, config);
+    let outcome = sim.run(config.steps);
+    outcome.map(|()| sim.stats).map_err(|message| SimError {
+        seed,
+        message,
+        trace: sim.trace.unwrap_or_default(),
+    })
+}
+
+const TIMEOUT_MS: u64 = 100;
+const MAX_DELAY_MS: u64 = 40;
+const QUIESCENCE_ROUNDS: usize = 40;
+
+#[derive(Debug, Clone)]
+enum Request {
+    Push(PushRequest),
+    Pull(PullRequest),
+}
+
+#[derive(Debug, Clone)]
+enum Answer {
+    Push(Result<PushResponse, Failure>),
+    Pull(Result<PullResponse, Failure>),
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    /// A request reaches the server (if it is still the same server life).
+    Arrive {
+        slot: usize,
+        id: u64,
+        life: u64,
+        incarnation: u64,
+        request: Request,
+    },
+    /// An answer reaches the client (if it is still the same process).
+    Deliver {
+        slot: usize,
+        id: u64,
+        incarnation: u64,
+        request: Request,
+        answer: Answer,
+    },
+    /// The client gives up waiting for request `id`.
+    Timeout {
+        slot: usize,
+        id: u64,
+        incarnation: u64,
+        request: Request,
+    },
+    /// The client process restarts.
+    Restart { client: usize },
+}
+
+/// One engine of one client.
+struct Slot {
+    client: usize,
+    group: String,
+    options: EngineOptions,
+    engine: Engine,
+    storage: MemoryStorage,
+    /// The unanswered push and pull the driver waits for.
+    push: Option<u64>,
+    pull: Option<u64>,
+    /// Local writes not yet accounted for, per key.
+    unaccounted: BTreeMap<String, Vec<Option<Raw>>>,
+}
+
+struct Sim<S> {
+    seed: u64,
+    rng: SimRng,
+    server: S,
+    keys: u64,
+    slots: Vec<Slot>,
+    incarnations: Vec<u64>,
+    server_life: u64,
+    now: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    next_event: u64,
+    next_request: u64,
+    next_value: u64,
+    faults: bool,
+    /// Acknowledged writes: (group, key) -> version -> value.
+    acks: BTreeMap<(String, String), BTreeMap<u64, Option<Raw>>>,
+    stats: SimStats,
+    trace: Option<Vec<String>>,
+}
+
+fn server_failure(body: ErrorBody) -> Failure {
+    Failure::Error(body)
+}
+
+impl<S: SimServer> Sim<S> {
+    fn new(seed: u64, server: S, config: &SimConfig) -> Self {
+        let mut rng = SimRng::new(seed);
+        let clients = rng.between(config.min_clients as u64, config.max_clients as u64) as usize;
+        let keys = rng.between(2, config.keys.max(2));
+        let mut slots = Vec::new();
+        for client in 0..clients {
+            for group in &config.groups {
+                let policy = match rng.below(3) {
+                    0 => ConflictPolicy::ServerWins,
+                    1 => ConflictPolicy::ClientWins,
+                    // Deletes lose to values, the larger value wins.
+                    _ => ConflictPolicy::merge(|_, local, server| local.max(server).cloned()),
+                };
+                let options = EngineOptions::default()
+                    .policy(policy)
+                    .push_batch(rng.between(1, 4) as usize)
+                    .pull_limit(Some(rng.between(1, 5) as u32))
+                    .backoff(Backoff {
+                        initial_ms: 10,
+                        max_ms: 300,
+                        multiplier: 2,
+                        jitter: 0.5,
+                    });
+                let engine = Engine::new(group.clone(), format!("c{client}-{group}"))
+                    .expect("valid names")
+                    .with_options(options.clone());
+                slots.push(Slot {
+                    client,
+                    group: group.clone(),
+                    options,
+                    engine,
+                    storage: MemoryStorage::default(),
+                    push: None,
+                    pull: None,
+                    unaccounted: BTreeMap::new(),
+                });
+            }
+        }
+        Sim {
+            seed,
+            rng,
+            server,
+            keys,
+            slots,
+            incarnations: vec![0; clients],
+            server_life: 0,
+            now: 0,
+            queue: BTreeMap::new(),
+            next_event: 0,
+            next_request: 0,
+            next_value: 0,
+            faults: true,
+            acks: BTreeMap::new(),
+            stats: SimStats {
+                runs: 1,
+                clients: clients as u64,
+                ..SimStats::default()
+            },
+            trace: config.trace.then(Vec::new),
+        }
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if let Some(trace) = &mut self.trace {
+            trace.push(format!("{:>6} {}", self.now, line()));
+        }
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.next_event += 1;
+        self.queue
+            .insert((self.now + delay, self.next_event), event);
+    }
+
+    fn delay(&mut self) -> u64 {
+        if self.faults {
+            self.rng.between(1, MAX_DELAY_MS)
+        } else {
+            1
+        }
+    }
+
+    fn run(&mut self, steps: u32) -> Result<(), String> {
+        let (seed, clients, keys) = (self.seed, self.incarnations.len(), self.keys);
+        self.log(|| format!("seed {seed}: {clients} clients, {keys} keys"));
+        for _ in 0..steps {
+            self.now += self.rng.below(9);
+            self.process_due()?;
+            self.step()?;
+        }
+        self.quiesce()
+    }
+
+    fn process_due(&mut self) -> Result<(), String> {
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let event = entry.remove();
+            self.handle(event)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        for index in 0..self.slots.len() {
+            if self.slots[index].engine.status().halted.is_some() && self.rng.chance(0.05) {
+                self.log(|| format!("slot {index}: app resumes after halt"));
+                self.slots[index].engine.resume();
+            }
+        }
+        let slot = self.rng.index(self.slots.len());
+        let roll = self.rng.unit();
+        if roll < 0.40 {
+            self.write(slot)
+        } else if roll < 0.85 {
+            self.drive(slot)
+        } else if roll < 0.90 {
+            self.take_conflicts(slot);
+            Ok(())
+        } else if roll < 0.92 {
+            let client = self.slots[slot].client;
+            self.restart_client(client);
+            Ok(())
+        } else if roll < 0.927 {
+            self.restart_server();
+            Ok(())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn write(&mut self, index: usize) -> Result<(), String> {
+        let key = format!("k{}", self.rng.below(self.keys));
+        let value = if self.rng.chance(0.25) {
+            None
+        } else {
+            self.next_value += 1;
+            let text = format!("\"c{}v{}\"", self.slots[index].client, self.next_value);
+            Some(Raw::from_text(&text).expect("a string datum"))
+        };
+        self.stats.writes += 1;
+        self.log(|| format!("slot {index}: write {key} = {value:?}"));
+        let slot = &mut self.slots[index];
+        // Writes still visible are overwritten by the user: accounted for.
+        let visible = slot.engine.get(&key).cloned();
+        let list = slot.unaccounted.entry(key.clone()).or_default();
+        if list.last() == Some(&visible) {
+            list.clear();
+        }
+        list.push(value.clone());
+        let effects = match value {
+            Some(value) => slot.engine.set(key, value),
+            None => slot.engine.delete(key),
+        }
+        .map_err(|e| format!("write refused: {e}"))?;
+        self.apply(index, effects)
+    }
+
+    fn drive(&mut self, index: usize) -> Result<(), String> {
+        let slot = &mut self.slots[index];
+        let push = (slot.engine.wants_push() || self.rng.chance(0.5))
+            .then(|| slot.engine.next_push(self.now))
+            .flatten();
+        let pull = (slot.engine.wants_pull() || self.rng.chance(0.3))
+            .then(|| slot.engine.next_pull(self.now))
+            .flatten();
+        if let Some(request) = push {
+            self.stats.pushes += 1;
+            self.send(index, Request::Push(request));
+            if self.faults && self.rng.chance(0.05) {
+                // A restart in the middle of the push.
+                let delay = self.rng.between(0, MAX_DELAY_MS);
+                let client = self.slots[index].client;
+                self.schedule(delay, Event::Restart { client });
+            }
+        }
+        if let Some(request) = pull {
+            self.stats.pulls += 1;
+            self.send(index, Request::Pull(request));
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, slot: usize, request: Request) {
+        self.next_request += 1;
+        let id = self.next_request;
+        let incarnation = self.incarnations[self.slots[slot].client];
+        match request {
+            Request::Push(_) => self.slots[slot].push = Some(id),
+            Request::Pull(_) => self.slots[slot].pull = Some(id),
+        }
+        self.log(|| format!("slot {slot}: send #{id} {request:?}"));
+        self.schedule(
+            TIMEOUT_MS,
+            Event::Timeout {
+                slot,
+                id,
+                incarnation,
+                request: request.clone(),
+            },
+        );
+        let arrive = |request: Request, life| Event::Arrive {
+            slot,
+            id,
+            life,
+            incarnation,
+            request,
+        };
+        if !self.faults {
+            let delay = self.delay();
+            self.schedule(delay, arrive(request, self.server_life));
+            return;
+        }
+        let roll = self.rng.unit();
+        if roll < 0.08 {
+            self.stats.lost_requests += 1;
+            self.log(|| format!("#{id}: request lost"));
+        } else if roll < 0.13 {
+            self.stats.injected_errors += 1;
+            let failure = if roll < 0.11 {
+                Failure::Error(ErrorBody {
+                    error: ErrorCode::Unavailable,
+                    message: "injected".to_owned(),
+                })
+            } else if roll < 0.12 {
+                Failure::Status(503)
+            } else if roll < 0.125 {
+                Failure::Status(401)
+            } else {
+                Failure::Status(400)
+            };
+            let answer = match &request {
+                Request::Push(_) => Answer::Push(Err(failure)),
+                Request::Pull(_) => Answer::Pull(Err(failure)),
+            };
+            let delay = self.delay();
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    slot,
+                    id,
+                    incarnation,
+                    request,
+                    answer,
+                },
+            );
+        } else {
+            if self.rng.chance(0.05) {
+                self.stats.duplicated += 1;
+                let delay = self.delay();
+                self.schedule(delay, arrive(request.clone(), self.server_life));
+            }
+            let delay = self.delay();
+            self.schedule(delay, arrive(request, self.server_life));
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Arrive {
+                slot,
+                id,
+                life,
+                incarnation,
+                request,
+            } => {
+                if life != self.server_life {
+                    self.log(|| format!("#{id}: lost in a server restart"));
+                    return Ok(());
+                }
+                let answer = self.serve(slot, &request);
+                if self.faults && self.rng.chance(0.08) {
+                    self.stats.lost_responses += 1;
+                    self.log(|| format!("#{id}: response lost"));
+                    return Ok(());
+                }
+                let copies = if self.faults && self.rng.chance(0.05) {
+                    self.stats.duplicated += 1;
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    let delay = self.delay();
+                    self.schedule(
+                        delay,
+                        Event::Deliver {
+                            slot,
+                            id,
+                            incarnation,
+                            request: request.clone(),
+                            answer: answer.clone(),
+                        },
+                    );
+                }
+                Ok(())
+            }
+            Event::Deliver {
+                slot,
+                id,
+                incarnation,
+                request,
+                answer,
+            } => {
+                if incarnation != self.incarnations[self.slots[slot].client] {
+                    self.log(|| format!("#{id}: answer to a restarted client dropped"));
+                    return Ok(());
+                }
+                let waiting = &mut self.slots[slot];
+                match &request {
+                    Request::Push(_) if waiting.push == Some(id) => waiting.push = None,
+                    Request::Pull(_) if waiting.pull == Some(id) => waiting.pull = None,
+                    _ => self.log(|| format!("#{id}: late answer")),
+                }
+                self.deliver(slot, id, request, answer)
+            }
+            Event::Timeout {
+                slot,
+                id,
+                incarnation,
+                request,
+            } => {
+                if incarnation != self.incarnations[self.slots[slot].client] {
+                    return Ok(());
+                }
+                let waiting = &mut self.slots[slot];
+                if waiting.push == Some(id) {
+                    waiting.push = None;
+                } else if waiting.pull == Some(id) {
+                    waiting.pull = None;
+                } else {
+                    return Ok(());
+                }
+                self.log(|| format!("#{id}: timed out"));
+                let answer = match &request {
+                    Request::Push(_) => Answer::Push(Err(Failure::Unreachable)),
+                    Request::Pull(_) => Answer::Pull(Err(Failure::Unreachable)),
+                };
+                self.deliver(slot, id, request, answer)
+            }
+            Event::Restart { client } => {
+                self.restart_client(client);
+                Ok(())
+            }
+        }
+    }
+
+    /// The server handles a request; accounting of writes happens here, where
+    /// the truth is known even if the answer is lost later.
+    fn serve(&mut self, slot: usize, request: &Request) -> Answer {
+        match request {
+            Request::Push(push) => {
+                let result = self.server.push(push);
+                self.log(|| format!("server: {push:?} -> {result:?}"));
+                if let Ok(response) = &result {
+                    self.account_push(slot, push, response);
+                }
+                Answer::Push(result.map_err(server_failure))
+            }
+            Request::Pull(pull) => {
+                let result = self.server.pull(pull);
+                self.log(|| format!("server: {pull:?} -> {result:?}"));
+                Answer::Pull(result.map_err(server_failure))
+            }
+        }
+    }
+
+    /// Writes queued behind a refused change are dropped with it: nothing is
+    /// lost if the newest server value the engine knows equals theirs.
+    fn account_delivered(&mut self, slot: usize, response: &PushResponse) {
+        let slot = &mut self.slots[slot];
+        for result in &response.results {
+            let ChangeResult::Conflict { key, current, .. } = result else {
+                continue;
+            };
+            let current = current
+                .as_ref()
+                .map_or((0, None), |d| (d.version, d.value.clone()));
+            let server = match slot.engine.confirmed(key) {
+                Some(known) if !known.is_stale() && known.version >= current.0 => {
+                    known.value.clone()
+                }
+                _ => current.1,
+            };
+            if let Some(list) = slot.unaccounted.get_mut(key) {
+                list.retain(|v| *v != server);
+            }
+        }
+    }
+
+    /// Accounts for the writes a push answer settles at the server: the
+    /// truth, even if the answer is lost later.
+    fn account_push(&mut self, slot: usize, push: &PushRequest, response: &PushResponse) {
+        let unaccounted = &mut self.slots[slot].unaccounted;
+        for result in &response.results {
+            let Some(change) = push
+                .changes
+                .iter()
+                .find(|c| c.mutation == result.mutation())
+            else {
+                continue;
+            };
+            let Some(list) = unaccounted.get_mut(&change.key) else {
+                continue;
+            };
+            match result {
+                ChangeResult::Accepted { .. } => {
+                    if let Some(at) = list.iter().position(|v| *v == change.value) {
+                        list.remove(at);
+                    }
+                }
+                ChangeResult::Conflict { current, .. } => {
+                    // Refused against the value it wanted: nothing lost.
+                    let current = current.as_ref().and_then(|d| d.value.clone());
+                    list.retain(|v| *v != current);
+                }
+            }
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        slot: usize,
+        id: u64,
+        request: Request,
+        answer: Answer,
+    ) -> Result<(), String> {
+        self.log(|| format!("slot {slot}: deliver #{id} {answer:?}"));
+        let jitter = self.rng.unit();
+        let now = self.now;
+        let effects = match (request, answer) {
+            (Request::Push(request), Answer::Push(Ok(response))) => {
+                let group = self.slots[slot].group.clone();
+                for result in &response.results {
+                    if let ChangeResult::Accepted {
+                        mutation,
+                        key,
+                        version,
+                    } = result
+                    {
+                        self.stats.accepted += 1;
+                        let value = request
+                            .changes
+                            .iter()
+                            .find(|c| c.mutation == *mutation)
+                            .map(|c| c.value.clone());
+                        if let Some(value) = value {
+                            self.acks
+                                .entry((group.clone(), key.clone()))
+                                .or_default()
+                                .insert(*version, value);
+                        }
+                    }
+                }
+                let effects = self.slots[slot]
+                    .engine
+                    .on_push_response(&request, response.clone());
+                self.account_delivered(slot, &response);
+                effects
+            }
+            (Request::Push(request), Answer::Push(Err(failure))) => self.slots[slot]
+                .engine
+                .on_push_error(&request, &failure, now, jitter),
+            (Request::Pull(request), Answer::Pull(Ok(response))) => {
+                let effects = self.slots[slot].engine.on_pull_response(&request, response);
+                self.apply(slot, effects)?;
+                return self.check_cursor(slot);
+            }
+            (Request::Pull(request), Answer::Pull(Err(failure))) => {
+                if failure.kind() == FailureKind::CursorReset {
+                    self.stats.cursor_resets += 1;
+                }
+                self.slots[slot]
+                    .engine
+                    .on_pull_error(&request, &failure, now, jitter)
+            }
+            _ => return Err("an answer of the wrong kind".to_owned()),
+        };
+        self.apply(slot, effects)
+    }
+
+    fn apply(&mut self, slot: usize, effects: Effects) -> Result<(), String> {
+        let slot_ref = &mut self.slots[slot];
+        slot_ref
+            .storage
+            .apply(&effects.batch)
+            .map_err(|e| format!("slot {slot}: storage refused a batch: {e}"))?;
+        let own = format!("\"c{}v", slot_ref.client);
+        for conflict in &effects.conflicts {
+            if conflict.local == conflict.server {
+                return Err(format!(
+                    "slot {slot}: conflict reported without a difference: {conflict:?}"
+                ));
+            }
+            // A change is based on the engine's own latest write: it can
+            // only collide with somebody else's.
+            if conflict
+                .server
+                .as_ref()
+                .is_some_and(|v| v.as_str().starts_with(&own))
+            {
+                return Err(format!(
+                    "slot {slot}: conflict with its own write: {conflict:?}"
+                ));
+            }
+        }
+        if !effects.conflicts.is_empty() {
+            self.log(|| format!("slot {slot}: conflicts {:?}", effects.conflicts));
+        }
+        Ok(())
+    }
+
+    fn take_conflicts(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        let (conflicts, effects) = slot.engine.take_conflicts();
+        slot.storage
+            .apply(&effects.batch)
+            .expect("storage has meta once conflicts exist");
+        for conflict in conflicts {
+            self.stats.conflicts += 1;
+            let list = slot.unaccounted.entry(conflict.key.clone()).or_default();
+            if let Some(at) = list.iter().position(|v| *v == conflict.local) {
+                list.remove(at);
+            }
+        }
+    }
+
+    fn restart_client(&mut self, client: usize) {
+        self.stats.client_restarts += 1;
+        self.incarnations[client] += 1;
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            if slot.client != client {
+                continue;
+            }
+            if slot.push.is_some() {
+                self.stats.restarts_mid_push += 1;
+            }
+            slot.push = None;
+            slot.pull = None;
+            let engine = match slot.storage.load().expect("memory storage loads") {
+                Some(snapshot) => Engine::restore(snapshot).expect("stored state restores"),
+                None => Engine::new(slot.group.clone(), slot.engine.client_id().to_owned())
+                    .expect("valid names"),
+            };
+            slot.engine = engine.with_options(slot.options.clone());
+        }
+        self.log(|| format!("client {client} restarts"));
+    }
+
+    fn restart_server(&mut self) {
+        self.stats.server_restarts += 1;
+        self.server_life += 1;
+        self.server.restart();
+        self.log(|| "server restarts".to_owned());
+    }
+
+    /// Every document of `group` on the server, tombstones included.
+    fn server_documents(
+        &mut self,
+        group: &str,
+        since: Option<Cursor>,
+    ) -> Result<(Cursor, Vec<Document>), ErrorBody> {
+        let mut since = since;
+        let mut documents = Vec::new();
+        loop {
+            let page = self.server.pull(&PullRequest {
+                group: group.to_owned(),
+                since: since.clone(),
+                limit: Some(MAX_PULL_LIMIT),
+            })?;
+            documents.extend(page.documents);
+            if !page.more {
+                return Ok((page.cursor, documents));
+            }
+            since = Some(page.cursor);
+        }
+    }
+
+    /// Every document whose last change is at or before the engine's cursor
+    /// must be in the engine at the server's version.
+    fn check_cursor(&mut self, index: usize) -> Result<(), String> {
+        let engine = &self.slots[index].engine;
+        let Some(cursor) = engine.cursor().cloned() else {
+            return Ok(());
+        };
+        if engine.status().resyncing {
+            return Ok(());
+        }
+        let group = self.slots[index].group.clone();
+        let Ok((latest, all)) = self.server_documents(&group, None) else {
+            return Ok(());
+        };
+        if latest.epoch != cursor.epoch {
+            return Ok(());
+        }
+        let Ok((_, after)) = self.server_documents(&group, Some(cursor.clone())) else {
+            return Ok(());
+        };
+        let engine = &self.slots[index].engine;
+        for doc in &all {
+            if after.iter().any(|d| d.key == doc.key) {
+                continue;
+            }
+            let ok = engine
+                .confirmed(&doc.key)
+                .is_some_and(|mine| mine.version == doc.version && mine.value == doc.value);
+            if !ok {
+                return Err(format!(
+                    "slot {index}: cursor {cursor} skipped a change: the server has {doc:?}, the engine {:?}",
+                    engine.confirmed(&doc.key)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the faults, lets everything in flight land, and syncs every
+    /// engine until a whole round changes nothing; then checks.
+    fn quiesce(&mut self) -> Result<(), String> {
+        self.faults = false;
+        self.log(|| "faults stop".to_owned());
+        while let Some((&(time, _), _)) = self.queue.first_key_value() {
+            self.now = self.now.max(time);
+            self.process_due()?;
+        }
+        for slot in &mut self.slots {
+            slot.engine.resume();
+        }
+        for _ in 0..QUIESCENCE_ROUNDS {
+            let mut pushed = false;
+            for index in 0..self.slots.len() {
+                pushed |= self.sync_now(index)?;
+            }
+            if !pushed {
+                return self.check_final();
+            }
+        }
+        Err(format!("no quiescence after {QUIESCENCE_ROUNDS} rounds"))
+    }
+
+    /// Pushes everything and pulls to the end, answering at once.
+    fn sync_now(&mut self, index: usize) -> Result<bool, String> {
+        let mut pushed = false;
+        let mut pulled = false;
+        for _ in 0..10_000 {
+            if let Some(at) = self.slots[index].engine.ready_at() {
+                self.now = self.now.max(at);
+            }
+            let engine = &mut self.slots[index].engine;
+            if let Some(request) = engine.next_push(self.now) {
+                pushed = true;
+                self.stats.pushes += 1;
+                self.next_request += 1;
+                let id = self.next_request;
+                let request = Request::Push(request);
+                let answer = self.serve(index, &request);
+                self.deliver(index, id, request, answer)?;
+                continue;
+            }
+            if pulled && !engine.wants_pull() {
+                return Ok(pushed);
+            }
+            let Some(request) = engine.next_pull(self.now) else {
+                return Ok(pushed);
+            };
+            pulled = true;
+            self.stats.pulls += 1;
+            self.next_request += 1;
+            let id = self.next_request;
+            let request = Request::Pull(request);
+            let answer = self.serve(index, &request);
+            self.deliver(index, id, request, answer)?;
+        }
+        Err(format!("slot {index}: sync does not end"))
+    }
+
+    fn check_final(&mut self) -> Result<(), String> {
+        self.log(|| "quiescent: checking".to_owned());
+        for index in 0..self.slots.len() {
+            self.take_conflicts(index);
+        }
+        let mut server_docs = BTreeMap::new();
+        for index in 0..self.slots.len() {
+            let group = self.slots[index].group.clone();
+            if !server_docs.contains_key(&group) {
+                let (_, mut docs) = self
+                    .server_documents(&group, None)
+                    .map_err(|e| format!("final pull failed: {e:?}"))?;
+                docs.sort_by(|a, b| a.key.cmp(&b.key));
+                server_docs.insert(group.clone(), docs);
+            }
+            let docs = &server_docs[&group];
+            let slot = &self.slots[index];
+            let engine = &slot.engine;
+            if let Some(halt) = &engine.status().halted {
+                return Err(format!("slot {index}: halted at the end: {halt:?}"));
+            }
+            if engine.pending_len() > 0 {
+                return Err(format!(
+                    "slot {index}: changes still pending: {:?}",
+                    engine.pending().collect::<Vec<_>>()
+                ));
+            }
+            let mine: Vec<(String, Option<Raw>, u64, bool)> = engine
+                .confirmed_documents()
+                .map(|(k, d)| (k.to_owned(), d.value.clone(), d.version, d.is_stale()))
+                .collect();
+            let theirs: Vec<(String, Option<Raw>, u64, bool)> = docs
+                .iter()
+                .map(|d| (d.key.clone(), d.value.clone(), d.version, false))
+                .collect();
+            if mine != theirs {
+                return Err(format!(
+                    "slot {index}: documents differ from the server's\n  engine: {mine:?}\n  server: {theirs:?}"
+                ));
+            }
+            let visible: Vec<(&str, &Raw)> = engine.documents().collect();
+            let live: Vec<(&str, &Raw)> = docs
+                .iter()
+                .filter_map(|d| d.value.as_ref().map(|v| (d.key.as_str(), v)))
+                .collect();
+            if visible != live {
+                return Err(format!(
+                    "slot {index}: visible documents differ from the server's\n  engine: {visible:?}\n  server: {live:?}"
+                ));
+            }
+            if slot.storage.snapshot() != Some(&engine.snapshot()) {
+                return Err(format!(
+                    "slot {index}: storage differs from the engine\n  storage: {:?}\n  engine: {:?}",
+                    slot.storage.snapshot(),
+                    engine.snapshot()
+                ));
+            }
+            for (key, values) in &slot.unaccounted {
+                if !values.is_empty() {
+                    return Err(format!(
+                        "slot {index}: writes to {key} lost without a conflict report: {values:?}"
+                    ));
+                }
+            }
+        }
+        for ((group, key), versions) in &self.acks {
+            let current = server_docs
+                .get(group)
+                .and_then(|docs| docs.iter().find(|d| d.key == *key));
+            for (version, value) in versions {
+                let kept = current.is_some_and(|doc| {
+                    doc.version > *version || (doc.version == *version && doc.value == *value)
+                });
+                if !kept {
+                    return Err(format!(
+                        "acknowledged write {group}/{key} v{version} = {value:?} lost; the server has {current:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,932 @@
+//! Flows of the sans-IO sync engine against the in-memory server model.
+
+use std::collections::BTreeMap;
+
+use atomsync_core::engine::testing::{FakeServer, SimServer};
+use atomsync_core::engine::{
+    Backoff, Batch, Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, Failure,
+    FailureKind, MemoryStorage, Resolution, Storage,
+};
+use atomsync_core::protocol::{
+    ChangeResult, Cursor, ErrorBody, ErrorCode, PullRequest, PullResponse, PushRequest,
+    PushResponse,
+};
+use atomsync_core::sexpr::Raw;
+use serde::{Deserialize, Serialize};
+
+const GROUP: &str = "todo";
+
+fn raw(text: &str) -> Raw {
+    Raw::from_text(text).unwrap()
+}
+
+/// What a step did, after its batch was applied.
+struct Applied {
+    batch: Batch,
+    changed: Vec<String>,
+    conflicts: Vec<Conflict>,
+}
+
+/// An engine with its storage; every batch is applied at once, as an adapter
+/// must.
+struct Client {
+    engine: Engine,
+    storage: MemoryStorage,
+    /// Every key reported changed, in order.
+    changed: Vec<String>,
+}
+
+impl Client {
+    fn new(id: &str) -> Self {
+        Client::with_policy(id, ConflictPolicy::ServerWins)
+    }
+
+    fn with_policy(id: &str, policy: ConflictPolicy) -> Self {
+        Client::with_options(id, EngineOptions::default().policy(policy))
+    }
+
+    fn with_options(id: &str, options: EngineOptions) -> Self {
+        Client {
+            engine: Engine::new(GROUP, id).unwrap().with_options(options),
+            storage: MemoryStorage::default(),
+            changed: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, effects: Effects) -> Applied {
+        self.storage.apply(&effects.batch).unwrap();
+        self.changed.extend(effects.changed.iter().cloned());
+        Applied {
+            batch: effects.batch,
+            changed: effects.changed,
+            conflicts: effects.conflicts,
+        }
+    }
+
+    fn set(&mut self, key: &str, text: &str) -> Applied {
+        let effects = self.engine.set(key, raw(text)).unwrap();
+        self.apply(effects)
+    }
+
+    fn delete(&mut self, key: &str) -> Applied {
+        let effects = self.engine.delete(key).unwrap();
+        self.apply(effects)
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.engine.get(key).map(Raw::as_str)
+    }
+
+    fn answer_push(&mut self, request: &PushRequest, response: PushResponse) -> Applied {
+        let effects = self.engine.on_push_response(request, response);
+        self.apply(effects)
+    }
+
+    fn answer_pull(&mut self, request: &PullRequest, response: PullResponse) -> Applied {
+        let effects = self.engine.on_pull_response(request, response);
+        self.apply(effects)
+    }
+
+    fn push(&mut self, server: &mut FakeServer) -> Applied {
+        let request = self.engine.next_push(0).expect("something to push");
+        let response = server.push(&request).unwrap();
+        self.answer_push(&request, response)
+    }
+
+    fn pull(&mut self, server: &mut FakeServer) -> Applied {
+        let request = self.engine.next_pull(0).expect("a pull");
+        match server.pull(&request) {
+            Ok(response) => self.answer_pull(&request, response),
+            Err(body) => {
+                let effects = self
+                    .engine
+                    .on_pull_error(&request, &Failure::Error(body), 0, 0.0);
+                self.apply(effects)
+            }
+        }
+    }
+
+    fn visible(&self) -> BTreeMap<String, String> {
+        self.engine
+            .documents()
+            .map(|(k, v)| (k.to_owned(), v.as_str().to_owned()))
+            .collect()
+    }
+}
+
+/// Pushes everything pending and pulls to the end.
+fn sync(client: &mut Client, server: &mut FakeServer) {
+    while let Some(request) = client.engine.next_push(0) {
+        let response = server.push(&request).unwrap();
+        client.answer_push(&request, response);
+    }
+    loop {
+        client.pull(server);
+        if !client.engine.wants_pull() {
+            break;
+        }
+    }
+}
+
+fn server_value(server: &FakeServer, key: &str) -> Option<(u64, Option<String>)> {
+    server
+        .document(GROUP, key)
+        .map(|d| (d.version, d.value.map(Raw::into_string)))
+}
+
+#[test]
+fn write_is_visible_at_once_persisted_with_its_queue_entry_and_acknowledged() {
+    let mut server = FakeServer::new();
+    let mut client = Client::new("a/todo");
+
+    let effects = client.set("milk", "\"buy\"");
+    assert_eq!(effects.changed, ["milk"]);
+    assert_eq!(client.get("milk"), Some("\"buy\""));
+    // The write and its queue entry are in one batch, with the meta state.
+    let batch = &effects.batch;
+    assert!(batch.meta.is_some());
+    assert_eq!(batch.pending.len(), 1);
+    let stored = client.storage.snapshot().unwrap();
+    assert_eq!(stored.pending.len(), 1);
+    assert_eq!(stored.pending[&1].value, Some(raw("\"buy\"")));
+
+    let request = client.engine.next_push(0).unwrap();
+    assert_eq!(request.group, GROUP);
+    assert_eq!(request.client_id, "a/todo");
+    assert_eq!(request.changes.len(), 1);
+    assert_eq!(request.changes[0].mutation, 1);
+    assert_eq!(request.changes[0].base_version, 0);
+    assert!(client.engine.next_push(0).is_none(), "one push in flight");
+
+    let response = server.push(&request).unwrap();
+    let effects = client.answer_push(&request, response);
+    assert!(
+        effects.changed.is_empty(),
+        "the visible value did not change"
+    );
+    assert_eq!(client.engine.pending_len(), 0);
+    assert_eq!(client.engine.confirmed("milk").unwrap().version, 1);
+    assert_eq!(client.get("milk"), Some("\"buy\""));
+    assert_eq!(
+        server_value(&server, "milk"),
+        Some((1, Some("\"buy\"".into())))
+    );
+    // The storage holds exactly the engine's state.
+    assert_eq!(client.storage.snapshot(), Some(&client.engine.snapshot()));
+    assert!(client.engine.next_push(0).is_none());
+}
+
+#[test]
+fn other_clients_see_writes_updates_and_deletes() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+
+    a.set("x", "1");
+    a.set("y", "2");
+    sync(&mut a, &mut server);
+    let effects = b.pull(&mut server);
+    assert_eq!(effects.changed, ["x", "y"]);
+    assert_eq!(b.visible(), a.visible());
+
+    b.set("x", "10");
+    b.delete("y");
+    sync(&mut b, &mut server);
+    assert_eq!(
+        server_value(&server, "y"),
+        Some((2, None)),
+        "a tombstone with a version"
+    );
+    let effects = a.pull(&mut server);
+    assert_eq!(effects.changed, ["x", "y"]);
+    assert_eq!(a.get("x"), Some("10"));
+    assert_eq!(a.get("y"), None);
+    assert_eq!(a.engine.confirmed("y").unwrap().version, 2);
+
+    // A write on a deleted key is based on the tombstone's version.
+    a.set("y", "3");
+    assert_eq!(a.engine.pending().next().unwrap().base_version, 2);
+    sync(&mut a, &mut server);
+    assert_eq!(server_value(&server, "y"), Some((3, Some("3".into()))));
+    assert!(a.engine.conflicts().next().is_none());
+}
+
+#[test]
+fn server_wins_by_default_and_the_lost_value_is_reported() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "\"base\"");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+
+    a.set("k", "\"from a\"");
+    b.set("k", "\"from b\"");
+    sync(&mut a, &mut server);
+    let request = b.engine.next_push(0).unwrap();
+    let response = server.push(&request).unwrap();
+    assert!(matches!(response.results[0], ChangeResult::Conflict { .. }));
+    let effects = b.answer_push(&request, response);
+
+    assert_eq!(effects.changed, ["k"]);
+    assert_eq!(b.get("k"), Some("\"from a\""));
+    assert_eq!(b.engine.pending_len(), 0);
+    assert_eq!(effects.conflicts.len(), 1);
+    let conflict = &effects.conflicts[0];
+    assert_eq!(conflict.key, "k");
+    assert_eq!(conflict.local, Some(raw("\"from b\"")));
+    assert_eq!(conflict.server, Some(raw("\"from a\"")));
+    assert_eq!(conflict.server_version, 2);
+    assert_eq!(conflict.resolution, Resolution::ServerWins);
+    assert_eq!(conflict.resolved(), Some(&raw("\"from a\"")));
+    // Kept durably until the app takes it.
+    assert_eq!(b.storage.snapshot().unwrap().conflicts.len(), 1);
+    let (taken, effects) = b.engine.take_conflicts();
+    b.apply(effects);
+    assert_eq!(taken, vec![conflict.clone()]);
+    assert!(b.storage.snapshot().unwrap().conflicts.is_empty());
+    assert_eq!(
+        server_value(&server, "k"),
+        Some((2, Some("\"from a\"".into())))
+    );
+}
+
+#[test]
+fn client_wins_rebases_the_local_value_and_reports() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::with_policy("b/todo", ConflictPolicy::ClientWins);
+    a.set("k", "1");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+    a.set("k", "2");
+    b.set("k", "3");
+    sync(&mut a, &mut server);
+
+    let request = b.engine.next_push(0).unwrap();
+    let response = server.push(&request).unwrap();
+    let effects = b.answer_push(&request, response);
+    assert!(effects.changed.is_empty(), "the local value stays visible");
+    assert_eq!(b.get("k"), Some("3"));
+    assert_eq!(effects.conflicts.len(), 1);
+    assert_eq!(effects.conflicts[0].resolution, Resolution::ClientWins);
+    assert_eq!(effects.conflicts[0].server, Some(raw("2")));
+    // Re-based on the server's version, with a new mutation number.
+    let change = b.engine.pending().next().unwrap().clone();
+    assert_eq!(change.base_version, 2);
+    assert_ne!(change.mutation, request.changes[0].mutation);
+
+    sync(&mut b, &mut server);
+    assert_eq!(server_value(&server, "k"), Some((3, Some("3".into()))));
+    sync(&mut a, &mut server);
+    assert_eq!(a.get("k"), Some("3"));
+}
+
+#[test]
+fn merge_resolves_rebases_and_reports() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    // Sums numbers; a deleted side counts as 0.
+    let merge = ConflictPolicy::merge(|_key, local, server| {
+        let n = |v: Option<&Raw>| v.map_or(0, |r| r.to_value::<i64>().unwrap());
+        Some(Raw::from_value(&(n(local) + n(server))).unwrap())
+    });
+    let mut b = Client::with_policy("b/todo", merge);
+    a.set("n", "1");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+    a.set("n", "10");
+    b.set("n", "5");
+    sync(&mut a, &mut server);
+
+    let request = b.engine.next_push(0).unwrap();
+    let response = server.push(&request).unwrap();
+    let effects = b.answer_push(&request, response);
+    assert_eq!(effects.changed, ["n"]);
+    assert_eq!(b.get("n"), Some("15"));
+    let conflict = &effects.conflicts[0];
+    assert_eq!(conflict.local, Some(raw("5")));
+    assert_eq!(conflict.server, Some(raw("10")));
+    assert_eq!(conflict.resolution, Resolution::Merged(Some(raw("15"))));
+    assert_eq!(b.engine.pending().next().unwrap().base_version, 2);
+
+    sync(&mut b, &mut server);
+    assert_eq!(server_value(&server, "n"), Some((3, Some("15".into()))));
+}
+
+#[test]
+fn equal_values_are_settled_without_a_report() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "1");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+    a.delete("k");
+    b.delete("k");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+    assert!(b.engine.conflicts().next().is_none());
+    assert_eq!(b.engine.pending_len(), 0);
+    assert_eq!(b.engine.confirmed("k").unwrap().version, 2);
+}
+
+#[test]
+fn retry_after_a_lost_response_is_applied_once() {
+    let mut server = FakeServer::new();
+    let mut client = Client::new("a/todo");
+    client.set("k", "1");
+
+    let request = client.engine.next_push(0).unwrap();
+    // The server applies it, the answer is lost, the transport times out.
+    server.push(&request).unwrap();
+    let effects = client
+        .engine
+        .on_push_error(&request, &Failure::Unreachable, 1_000, 0.0);
+    client.apply(effects);
+    assert_eq!(
+        client.engine.pending_len(),
+        1,
+        "still pending: no answer yet"
+    );
+    assert_eq!(client.engine.status().failures, 1);
+
+    // The retry carries the same mutation number and base version.
+    let ready = client.engine.ready_at().unwrap();
+    assert!(client.engine.next_push(ready - 1).is_none(), "backing off");
+    let retry = client.engine.next_push(ready).unwrap();
+    assert_eq!(retry.changes, request.changes);
+    let response = server.push(&retry).unwrap();
+    assert_eq!(
+        response.results,
+        vec![ChangeResult::Accepted {
+            mutation: 1,
+            key: "k".into(),
+            version: 1
+        }]
+    );
+    client.answer_push(&retry, response);
+    assert_eq!(client.engine.pending_len(), 0);
+    assert!(client.engine.conflicts().next().is_none());
+    assert_eq!(server_value(&server, "k"), Some((1, Some("1".into()))));
+    assert_eq!(server.cursor().seq, 1, "applied once");
+    assert_eq!(
+        client.engine.status().failures,
+        0,
+        "success resets the backoff"
+    );
+}
+
+#[test]
+fn pull_does_not_clobber_pending_writes() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "1");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+
+    b.set("k", "\"mine\"");
+    a.set("k", "\"theirs\"");
+    sync(&mut a, &mut server);
+    let effects = b.pull(&mut server);
+    assert!(
+        effects.changed.is_empty(),
+        "the pending value stays visible"
+    );
+    assert_eq!(b.get("k"), Some("\"mine\""));
+    assert_eq!(b.engine.confirmed("k").unwrap().version, 2);
+    // The pending change keeps its base version: the push decides.
+    assert_eq!(b.engine.pending().next().unwrap().base_version, 1);
+    let effects = b.push(&mut server);
+    assert_eq!(effects.conflicts.len(), 1);
+    assert_eq!(b.get("k"), Some("\"theirs\""));
+}
+
+#[test]
+fn pull_while_a_push_is_in_flight() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "1");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+
+    // a's push reaches the server; before its answer, a pull brings back
+    // a's own write and then b's write on top of it.
+    a.set("k", "2");
+    let push = a.engine.next_push(0).unwrap();
+    let push_response = server.push(&push).unwrap();
+    let effects = a.pull(&mut server);
+    assert!(effects.changed.is_empty());
+    assert_eq!(a.engine.confirmed("k").unwrap().version, 2);
+    b.pull(&mut server);
+    b.set("k", "3");
+    sync(&mut b, &mut server);
+    let effects = a.pull(&mut server);
+    assert!(effects.changed.is_empty(), "pending value still visible");
+    assert_eq!(a.engine.confirmed("k").unwrap().version, 3);
+
+    // The late push answer settles the change without regressing the doc.
+    let effects = a.answer_push(&push, push_response);
+    assert_eq!(effects.changed, ["k"]);
+    assert!(effects.conflicts.is_empty());
+    assert_eq!(a.get("k"), Some("3"));
+    assert_eq!(a.engine.confirmed("k").unwrap().version, 3);
+    assert_eq!(a.engine.pending_len(), 0);
+}
+
+#[test]
+fn writes_behind_an_in_flight_change_coalesce_and_are_rebased() {
+    let mut server = FakeServer::new();
+    let mut client = Client::new("a/todo");
+    client.set("k", "1");
+    let push = client.engine.next_push(0).unwrap();
+    client.set("k", "2");
+    client.set("k", "3");
+    let mutations: Vec<u64> = client.engine.pending().map(|c| c.mutation).collect();
+    assert_eq!(
+        mutations,
+        [1, 2],
+        "the later writes share one queued change"
+    );
+    assert_eq!(client.get("k"), Some("3"));
+
+    let response = server.push(&push).unwrap();
+    client.answer_push(&push, response);
+    let queued = client.engine.pending().next().unwrap().clone();
+    assert_eq!((queued.mutation, queued.base_version), (2, 1));
+    sync(&mut client, &mut server);
+    assert_eq!(server_value(&server, "k"), Some((2, Some("3".into()))));
+    assert!(client.engine.conflicts().next().is_none());
+}
+
+#[test]
+fn conflict_drops_every_queued_write_of_the_key_and_reports_the_latest() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    b.set("k", "\"b\"");
+    sync(&mut b, &mut server);
+    a.set("k", "1");
+    let push = a.engine.next_push(0).unwrap();
+    a.set("k", "2");
+    let response = server.push(&push).unwrap();
+    let effects = a.answer_push(&push, response);
+    assert_eq!(a.engine.pending_len(), 0);
+    assert_eq!(effects.conflicts[0].local, Some(raw("2")));
+    assert_eq!(a.get("k"), Some("\"b\""));
+}
+
+#[test]
+fn late_and_repeated_answers_are_harmless() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "1");
+    let push = a.engine.next_push(0).unwrap();
+    let response = server.push(&push).unwrap();
+    a.answer_push(&push, response.clone());
+    let effects = a.answer_push(&push, response);
+    assert!(effects.batch.is_empty() && effects.changed.is_empty());
+
+    // Pages answering older requests never move anything back.
+    let first = a.engine.next_pull(0).unwrap();
+    let first_page = server.pull(&first).unwrap();
+    a.answer_pull(&first, first_page.clone());
+    sync(&mut b, &mut server);
+    b.set("k", "2");
+    sync(&mut b, &mut server);
+    let second = a.engine.next_pull(0).unwrap();
+    let second_page = server.pull(&second).unwrap();
+    a.answer_pull(&second, second_page.clone());
+    b.set("k", "3");
+    sync(&mut b, &mut server);
+    a.pull(&mut server);
+    assert_eq!(a.get("k"), Some("3"));
+    let cursor = a.engine.cursor().cloned();
+    for (request, page) in [(&first, first_page), (&second, second_page)] {
+        let effects = a.answer_pull(request, page);
+        assert!(effects.changed.is_empty() && effects.batch.is_empty());
+        assert_eq!(a.get("k"), Some("3"));
+        assert_eq!(a.engine.cursor().cloned(), cursor);
+    }
+    assert!(a.engine.conflicts().next().is_none());
+}
+
+#[test]
+fn cursor_reset_resyncs_from_the_beginning_keeping_pending_changes() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_policy("a/todo", ConflictPolicy::ClientWins);
+    a.set("kept", "1");
+    a.set("gone", "2");
+    a.set("edited", "3");
+    sync(&mut a, &mut server);
+    a.set("edited", "\"local edit\"");
+    a.set("new", "\"offline\"");
+
+    // The server is replaced by another database with some other content.
+    server.wipe();
+    server.put(GROUP, "kept", Some(raw("1")));
+    server.put(GROUP, "edited", Some(raw("3")));
+    server.put(GROUP, "other", Some(raw("4")));
+    let epoch = server.cursor().epoch;
+
+    let request = a.engine.next_pull(0).unwrap();
+    let body = server.pull(&request).unwrap_err();
+    assert_eq!(body.error, ErrorCode::CursorReset);
+    let failure = Failure::Error(body);
+    assert_eq!(failure.kind(), FailureKind::CursorReset);
+    let effects = a.engine.on_pull_error(&request, &failure, 0, 0.0);
+    a.apply(effects);
+    assert_eq!(a.engine.cursor(), None);
+    assert!(a.engine.status().resyncing);
+    assert_eq!(a.engine.status().failures, 0, "a reset is not a failure");
+    assert_eq!(
+        a.get("gone"),
+        Some("2"),
+        "still shown until the resync ends"
+    );
+
+    let effects = a.pull(&mut server);
+    assert_eq!(effects.changed, ["gone", "other"]);
+    assert!(!a.engine.status().resyncing);
+    assert_eq!(a.engine.cursor().unwrap().epoch, epoch);
+    assert_eq!(a.get("gone"), None);
+    assert!(a.engine.confirmed("gone").is_none());
+    assert_eq!(a.get("edited"), Some("\"local edit\""), "pending kept");
+    assert_eq!(a.get("new"), Some("\"offline\""));
+    assert_eq!(a.engine.pending_len(), 2);
+
+    sync(&mut a, &mut server);
+    assert_eq!(
+        server_value(&server, "new"),
+        Some((1, Some("\"offline\"".into())))
+    );
+    // The edit was based on the old database's version 1; it matches the new
+    // one's by chance here, so it is accepted.
+    assert_eq!(
+        server_value(&server, "edited"),
+        Some((2, Some("\"local edit\"".into())))
+    );
+    let expected: BTreeMap<String, String> = server
+        .documents(GROUP)
+        .into_iter()
+        .filter_map(|d| d.value.map(|v| (d.key, v.into_string())))
+        .collect();
+    assert_eq!(a.visible(), expected);
+    assert_eq!(a.storage.snapshot(), Some(&a.engine.snapshot()));
+}
+
+#[test]
+fn late_answers_of_a_replaced_database_do_not_stick() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    a.set("k", "1");
+    sync(&mut a, &mut server);
+    // A pull and a push of the old database whose answers come late.
+    let old_pull = a.engine.next_pull(0).unwrap();
+    let old_page = server.pull(&old_pull).unwrap();
+    a.set("k", "2");
+    let old_push = a.engine.next_push(0).unwrap();
+    let old_answer = server.push(&old_push).unwrap();
+
+    server.wipe();
+    server.put(GROUP, "k", Some(raw("\"new db\"")));
+    server.put(GROUP, "j", Some(raw("\"only new\"")));
+    let reset = a.engine.next_pull(0);
+    assert!(reset.is_none(), "the old pull is still in flight");
+    let body = server.pull(&old_pull).unwrap_err();
+    let effects = a
+        .engine
+        .on_pull_error(&old_pull, &Failure::Error(body), 0, 0.0);
+    a.apply(effects);
+    assert_eq!(a.engine.cursor(), None);
+
+    // The old page is refused: the engine pulls from the beginning now.
+    let effects = a.answer_pull(&old_pull, old_page);
+    assert!(effects.changed.is_empty() && effects.batch.is_empty());
+    assert_eq!(a.engine.cursor(), None);
+    a.pull(&mut server);
+    assert_eq!(a.get("j"), Some("\"only new\""));
+    assert_eq!(a.get("k"), Some("2"), "the pending write is still shown");
+
+    // The old database's answer settles the write, and makes the engine
+    // check the server again from the beginning: the new database wins.
+    a.answer_push(&old_push, old_answer);
+    assert_eq!(a.engine.pending_len(), 0);
+    assert!(a.engine.status().resyncing);
+    sync(&mut a, &mut server);
+    assert_eq!(a.get("k"), Some("\"new db\""));
+    assert_eq!(a.get("j"), Some("\"only new\""));
+    assert!(a.engine.confirmed_documents().all(|(_, d)| !d.is_stale()));
+    assert_eq!(a.storage.snapshot(), Some(&a.engine.snapshot()));
+}
+
+#[test]
+fn restore_from_storage_in_the_middle_of_a_push() {
+    let mut server = FakeServer::new();
+    let mut client = Client::new("a/todo");
+    client.set("a", "1");
+    client.set("b", "2");
+    let push = client.engine.next_push(0).unwrap();
+    // The server applies the push; the client process dies before the answer.
+    server.push(&push).unwrap();
+    client.set("c", "3");
+
+    let snapshot = client.storage.load().unwrap().unwrap();
+    let mut restored = Client {
+        engine: Engine::restore(snapshot).unwrap(),
+        storage: client.storage.clone(),
+        changed: Vec::new(),
+    };
+    assert_eq!(restored.visible(), client.visible());
+    assert_eq!(restored.engine.pending_len(), 3);
+
+    let retry = restored.engine.next_push(0).unwrap();
+    assert_eq!(
+        &retry.changes[..2],
+        &push.changes[..],
+        "same mutation numbers"
+    );
+    let response = server.push(&retry).unwrap();
+    assert!(
+        response
+            .results
+            .iter()
+            .all(|r| matches!(r, ChangeResult::Accepted { version: 1, .. }))
+    );
+    restored.answer_push(&retry, response);
+    assert_eq!(restored.engine.pending_len(), 0);
+    assert_eq!(server.cursor().seq, 3, "each change applied once");
+    // New writes after the restore get fresh mutation numbers.
+    restored.set("d", "4");
+    assert_eq!(restored.engine.pending().next().unwrap().mutation, 4);
+    sync(&mut restored, &mut server);
+    assert_eq!(
+        restored.storage.snapshot(),
+        Some(&restored.engine.snapshot())
+    );
+}
+
+#[test]
+fn conflicts_survive_a_restart_until_taken() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "1");
+    b.set("k", "2");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+    assert_eq!(b.engine.status().conflicts, 1);
+    let restored = Engine::restore(b.storage.load().unwrap().unwrap()).unwrap();
+    let conflicts: Vec<_> = restored.conflicts().cloned().collect();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].local, Some(raw("2")));
+}
+
+#[test]
+fn backoff_schedule() {
+    let backoff = Backoff {
+        initial_ms: 100,
+        max_ms: 1_000,
+        multiplier: 2,
+        jitter: 0.5,
+    };
+    let full: Vec<u64> = (0..7).map(|n| backoff.delay_ms(n, 0.0)).collect();
+    assert_eq!(full, [0, 100, 200, 400, 800, 1_000, 1_000]);
+    let shortest: Vec<u64> = (1..7).map(|n| backoff.delay_ms(n, 1.0)).collect();
+    assert_eq!(shortest, [50, 100, 200, 400, 500, 500]);
+    assert_eq!(backoff.delay_ms(3, 0.5), 300);
+    assert_eq!(backoff.delay_ms(u32::MAX, 0.0), 1_000, "no overflow");
+    assert_eq!(backoff.delay_ms(1, f64::NAN), 100);
+    assert_eq!(Backoff::default().delay_ms(1, 0.0), 500);
+
+    // The engine follows it, with the caller's clock and jitter.
+    let mut client = Client::with_options("a/todo", EngineOptions::default().backoff(backoff));
+    client.set("k", "1");
+    let mut now = 10_000;
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let push = client.engine.next_push(now).unwrap();
+        let effects = client.engine.on_push_error(
+            &push,
+            &Failure::Error(ErrorBody {
+                error: ErrorCode::Unavailable,
+                message: "busy".into(),
+            }),
+            now,
+            0.0,
+        );
+        client.apply(effects);
+        let ready = client.engine.ready_at().unwrap();
+        waits.push(ready - now);
+        assert_eq!(client.engine.retry_after(now), Some(ready - now));
+        assert!(client.engine.next_push(ready - 1).is_none());
+        assert!(client.engine.next_pull(ready - 1).is_none());
+        now = ready;
+    }
+    assert_eq!(waits, [100, 200, 400, 800, 1_000]);
+    assert_eq!(client.engine.status().failures, 5);
+    // A late failure of an old request does not count again.
+    let push = client.engine.next_push(now).unwrap();
+    let stale = PushRequest {
+        changes: Vec::new(),
+        ..push.clone()
+    };
+    let effects = client
+        .engine
+        .on_push_error(&stale, &Failure::Unreachable, now, 0.0);
+    client.apply(effects);
+    assert_eq!(client.engine.status().failures, 5);
+    // Success resets it.
+    let mut server = FakeServer::new();
+    let response = server.push(&push).unwrap();
+    client.answer_push(&push, response);
+    assert_eq!(client.engine.status().failures, 0);
+    assert_eq!(client.engine.ready_at(), None);
+}
+
+#[test]
+fn failures_are_classified() {
+    let body = |error| {
+        Failure::Error(ErrorBody {
+            error,
+            message: String::new(),
+        })
+    };
+    assert_eq!(Failure::Unreachable.kind(), FailureKind::Temporary);
+    assert_eq!(Failure::Status(500).kind(), FailureKind::Temporary);
+    assert_eq!(Failure::Status(503).kind(), FailureKind::Temporary);
+    assert_eq!(Failure::Status(429).kind(), FailureKind::Temporary);
+    assert_eq!(Failure::Status(408).kind(), FailureKind::Temporary);
+    assert_eq!(Failure::Status(401).kind(), FailureKind::Auth);
+    assert_eq!(Failure::Status(403).kind(), FailureKind::Auth);
+    assert_eq!(Failure::Status(400).kind(), FailureKind::Permanent);
+    assert_eq!(Failure::Status(413).kind(), FailureKind::Permanent);
+    assert_eq!(body(ErrorCode::Unauthorized).kind(), FailureKind::Auth);
+    assert_eq!(body(ErrorCode::Forbidden).kind(), FailureKind::Auth);
+    assert_eq!(body(ErrorCode::BadRequest).kind(), FailureKind::Permanent);
+    assert_eq!(body(ErrorCode::TooLarge).kind(), FailureKind::Permanent);
+    assert_eq!(body(ErrorCode::Internal).kind(), FailureKind::Temporary);
+    assert_eq!(body(ErrorCode::Unavailable).kind(), FailureKind::Temporary);
+    assert_eq!(
+        body(ErrorCode::CursorReset).kind(),
+        FailureKind::CursorReset
+    );
+}
+
+#[test]
+fn auth_and_permanent_failures_halt_until_resumed() {
+    let mut server = FakeServer::new();
+    let mut client = Client::new("a/todo");
+    client.set("k", "1");
+    for (failure, kind) in [
+        (Failure::Status(401), FailureKind::Auth),
+        (Failure::Status(400), FailureKind::Permanent),
+    ] {
+        let push = client.engine.next_push(0).unwrap();
+        let effects = client.engine.on_push_error(&push, &failure, 0, 0.0);
+        client.apply(effects);
+        let halt = client.engine.status().halted.unwrap();
+        assert_eq!(halt.kind, kind);
+        assert!(!halt.message.is_empty());
+        // Not retried: nothing goes out, whatever the time.
+        assert!(client.engine.next_push(u64::MAX).is_none());
+        assert!(client.engine.next_pull(u64::MAX).is_none());
+        assert_eq!(client.engine.retry_after(0), None);
+        // Local writes keep working.
+        client.set("k", "2");
+        assert_eq!(client.get("k"), Some("2"));
+        client.engine.resume();
+    }
+    sync(&mut client, &mut server);
+    assert_eq!(server_value(&server, "k"), Some((2, Some("2".into()))));
+}
+
+#[test]
+fn groups_need_distinct_client_ids_and_valid_names() {
+    assert!(matches!(
+        Engine::new("bad group", "c"),
+        Err(EngineError::InvalidGroup(_))
+    ));
+    assert!(matches!(
+        Engine::new(GROUP, ""),
+        Err(EngineError::InvalidClientId(_))
+    ));
+    let mut engine = Engine::new(GROUP, "c").unwrap();
+    assert!(matches!(
+        engine.set("", raw("1")),
+        Err(EngineError::InvalidKey(_))
+    ));
+    assert!(matches!(
+        engine.delete("a\nb"),
+        Err(EngineError::InvalidKey(_))
+    ));
+    assert_eq!(engine.pending_len(), 0);
+}
+
+#[test]
+fn typed_values() {
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Todo {
+        title: String,
+        done: bool,
+        tags: std::collections::BTreeSet<String>,
+    }
+    let todo = Todo {
+        title: "milk".into(),
+        done: false,
+        tags: ["shop".to_owned()].into(),
+    };
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    let effects = a.engine.set_value("t1", &todo).unwrap();
+    a.apply(effects);
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+    assert_eq!(b.engine.get_value::<Todo>("t1").unwrap(), Some(todo));
+    assert_eq!(b.engine.get_value::<Todo>("nothing").unwrap(), None);
+    assert!(b.engine.get_value::<u32>("t1").is_err());
+}
+
+#[test]
+fn server_cursor_hint_asks_for_a_pull() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    sync(&mut a, &mut server);
+    assert!(!a.engine.wants_pull());
+    b.set("k", "1");
+    sync(&mut b, &mut server);
+    a.engine.on_server_cursor(&server.cursor());
+    assert!(a.engine.wants_pull());
+    a.pull(&mut server);
+    assert!(!a.engine.wants_pull());
+    assert_eq!(a.get("k"), Some("1"));
+    // Cursors of another database are no hint.
+    a.engine.on_server_cursor(&Cursor {
+        epoch: "other".into(),
+        seq: 99,
+    });
+    assert!(!a.engine.wants_pull());
+}
+
+#[test]
+fn paged_pulls_reach_the_end() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_options("a/todo", EngineOptions::default().push_batch(7));
+    for i in 0..50 {
+        a.set(&format!("doc{i:02}"), &i.to_string());
+    }
+    let mut pushes = 0;
+    while let Some(push) = a.engine.next_push(0) {
+        assert!(push.changes.len() <= 7);
+        pushes += 1;
+        let response = server.push(&push).unwrap();
+        a.answer_push(&push, response);
+    }
+    assert_eq!(pushes, 8);
+    assert_eq!(server.documents(GROUP).len(), 50);
+    let mut b = Client::with_options("b/todo", EngineOptions::default().pull_limit(Some(8)));
+    let mut pages = 0;
+    loop {
+        b.pull(&mut server);
+        pages += 1;
+        if !b.engine.wants_pull() {
+            break;
+        }
+    }
+    assert_eq!(pages, 7);
+    assert_eq!(b.visible(), a.visible());
+}
+
+#[test]
+fn batches_replay_to_the_snapshot() {
+    // Applying every batch in order to a fresh snapshot gives the engine's.
+    let mut server = FakeServer::new();
+    let mut a = Client::with_policy("a/todo", ConflictPolicy::ClientWins);
+    let mut b = Client::new("b/todo");
+    let mut batches: Vec<Batch> = Vec::new();
+    for round in 0..5 {
+        sync(&mut b, &mut server);
+        b.set("k", &format!("{}", round + 100));
+        sync(&mut b, &mut server);
+        let effects = a.engine.set("k", raw(&round.to_string())).unwrap();
+        batches.push(effects.batch.clone());
+        a.apply(effects);
+        while let Some(push) = a.engine.next_push(0) {
+            let response = server.push(&push).unwrap();
+            let effects = a.engine.on_push_response(&push, response);
+            batches.push(effects.batch.clone());
+            a.apply(effects);
+        }
+    }
+    let mut storage = MemoryStorage::default();
+    for batch in &batches {
+        storage.apply(batch).unwrap();
+    }
+    assert_eq!(storage.snapshot(), Some(&a.engine.snapshot()));
+    assert_eq!(a.engine.status().conflicts, 5);
+}
