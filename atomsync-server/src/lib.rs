@@ -1,1 +1,94 @@
-//! placeholder
+//! The atomsync server: versioned documents in SQLite, served over HTTP.
+//!
+//! The server is the source of truth that every atomsync client converges to.
+//! It keeps the documents of each group in SQLite, gives every accepted change
+//! a strictly increasing change number, and speaks the protocol of
+//! [`atomsync_core::protocol`] (S-expression bodies, see `docs/protocol.md`):
+//!
+//! - `GET /sync?group=G&since=CURSOR&limit=N`: the documents of `G` changed
+//!   after `CURSOR`, in change order ([`PullResponse`](atomsync_core::protocol::PullResponse)).
+//! - `POST /sync`: a batch of changes to one group, each accepted or refused as
+//!   a conflict ([`PushResponse`](atomsync_core::protocol::PushResponse)).
+//! - `GET /events?group=G`: a server-sent-events stream of the latest cursor,
+//!   sent whenever a change in `G` is accepted.
+//!
+//! It runs standalone (the `atomsync-server` binary) or inside a host axum
+//! application, which mounts [`router`] and may bring its own [`Authorizer`].
+//!
+//! ## Usage
+//!
+//! ```no_run
+//! use atomsync_server::{SyncService, Store, TokenFile};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Store::open("atomsync.db", Default::default())?;
+//! let users = TokenFile::load("users.toml")?;
+//! let service = SyncService::with_authorizer(store, users);
+//! let app = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "my app" }))
+//!     .nest("/atomsync", atomsync_server::router(service));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8090").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The same operations are available without HTTP through [`SyncService`]'s
+//! async methods, which is what server functions call:
+//!
+//! ```
+//! use atomsync_core::protocol::{Change, PullRequest, PushRequest};
+//! use atomsync_core::sexpr::Raw;
+//! use atomsync_server::{Credentials, Store, SyncService};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> atomsync_server::Result<()> {
+//! let service = SyncService::new(Store::open_in_memory()?);
+//! let credentials = Credentials::none();
+//! let push = PushRequest {
+//!     group: "todo".into(),
+//!     client_id: "client-1".into(),
+//!     changes: vec![Change {
+//!         mutation: 1,
+//!         key: "milk".into(),
+//!         base_version: 0,
+//!         value: Some(Raw::from_text("((title . \"Buy milk\"))").unwrap()),
+//!     }],
+//! };
+//! service.push(&credentials, push).await?;
+//! let pull = PullRequest { group: "todo".into(), since: None, limit: None };
+//! let page = service.pull(&credentials, pull).await?;
+//! assert_eq!(page.documents[0].version, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Design
+//!
+//! - [`Store`] is a plain, blocking SQLite store: one connection, one
+//!   transaction per pull or push, schema from a `const` list of migrations.
+//!   Change numbers come from a counter in the same transaction as the change,
+//!   so a pull (one read transaction) sees every change up to its cursor.
+//! - [`SyncService`] owns the store on a dedicated thread: async callers send
+//!   it jobs and await the answer, so SQLite never blocks the executor. It
+//!   also checks authorization, broadcasts accepted changes to the `/events`
+//!   streams, and answers a pull whose cursor is already the latest without
+//!   asking the store.
+//! - [`router`] is a thin HTTP adapter over [`SyncService`]: it parses query
+//!   strings and S-expression bodies and maps every failure to an [`Error`],
+//!   whose response is an S-expression
+//!   [`ErrorBody`](atomsync_core::protocol::ErrorBody).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod auth;
+mod error;
+mod routes;
+mod service;
+mod store;
+
+pub use auth::{AllowAll, AuthError, Authorizer, Credentials, TokenFile};
+pub use error::{Error, Result};
+pub use routes::{RouterOptions, router, router_with_options};
+pub use service::{Subscription, SyncService};
+pub use store::{Store, StoreOptions, Synchronous};

@@ -1,0 +1,407 @@
+//! [`SyncService`]: the store on its own thread, authorization and change
+//! notifications, shared by the HTTP routes and server functions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use atomsync_core::protocol::{self, Cursor, PullRequest, PullResponse, PushRequest, PushResponse};
+use futures_util::Stream;
+use tokio::sync::{broadcast, oneshot, watch};
+
+use crate::auth::{AllowAll, Authorizer, Credentials};
+use crate::{Error, Result, Store};
+
+/// How many jobs may wait for the store before callers get
+/// [`Error::Unavailable`].
+const QUEUE: usize = 4096;
+/// How long the store thread keeps polling for work before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+/// How many change events a slow `/events` stream may fall behind before it
+/// skips to the latest cursor.
+const EVENTS: usize = 1024;
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+enum Message {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
+/// A change accepted in a group: the change number after it.
+#[derive(Clone)]
+struct Event {
+    group: Arc<str>,
+    seq: u64,
+}
+
+struct Shared {
+    epoch: Arc<str>,
+    /// The latest change number, updated after each commit and before its
+    /// event is sent.
+    latest: AtomicU64,
+    events: broadcast::Sender<Event>,
+}
+
+impl Shared {
+    fn cursor_at(&self, seq: u64) -> Cursor {
+        Cursor {
+            epoch: self.epoch.to_string(),
+            seq,
+        }
+    }
+}
+
+struct Inner {
+    jobs: mpsc::SyncSender<Message>,
+    shared: Arc<Shared>,
+    authorizer: Box<dyn Authorizer>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The sync operations (pull, push, subscribe) with authorization, over a
+/// [`Store`] running on a dedicated thread.
+///
+/// Cloning is cheap (an `Arc`); all clones share the store. The HTTP routes
+/// ([`router`](crate::router)) and a host's server functions both call these
+/// methods, so every client speaks the same protocol.
+///
+/// The store thread ends when the last clone is dropped or on
+/// [`SyncService::close`].
+#[derive(Clone)]
+pub struct SyncService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SyncService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncService")
+            .field("epoch", &self.inner.shared.epoch)
+            .field("latest", &self.inner.shared.latest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncService {
+    /// Serves `store` to everyone ([`AllowAll`]).
+    pub fn new(store: Store) -> Self {
+        SyncService::with_authorizer(store, AllowAll)
+    }
+
+    /// Serves `store` to the requests `authorizer` lets through.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start a thread.
+    pub fn with_authorizer(store: Store, authorizer: impl Authorizer) -> Self {
+        let (events, _) = broadcast::channel(EVENTS);
+        let shared = Arc::new(Shared {
+            epoch: store.epoch().into(),
+            latest: AtomicU64::new(store.cursor().seq),
+            events,
+        });
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("atomsync-store".to_owned())
+            .spawn(move || run_store(store, &queue))
+            .expect("failed to start the store thread");
+        let (shutdown, _) = watch::channel(false);
+        SyncService {
+            inner: Arc::new(Inner {
+                jobs,
+                shared,
+                authorizer: Box::new(authorizer),
+                shutdown,
+            }),
+        }
+    }
+
+    /// The identity of the served database.
+    pub fn epoch(&self) -> &str {
+        &self.inner.shared.epoch
+    }
+
+    /// The cursor after the last accepted change.
+    pub fn cursor(&self) -> Cursor {
+        let shared = &self.inner.shared;
+        shared.cursor_at(shared.latest.load(Ordering::Acquire))
+    }
+
+    /// Checks that `credentials` identify someone, before any work is done
+    /// for the request ([`Authorizer::authenticate`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unauthorized`].
+    pub fn authenticate(&self, credentials: &Credentials) -> Result<()> {
+        self.inner
+            .authorizer
+            .authenticate(credentials)
+            .map_err(|e| e.into_error(""))
+    }
+
+    fn authorize(&self, credentials: &Credentials, group: &str) -> Result<()> {
+        self.inner
+            .authorizer
+            .authorize(credentials, group)
+            .map_err(|e| e.into_error(group))
+    }
+
+    /// Reads the changes of a group ([`Store::pull`]) if `credentials` may use
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unauthorized`], [`Error::Forbidden`], those of
+    /// [`Store::pull`], and [`Error::Unavailable`] if the store is closed or
+    /// overloaded.
+    pub async fn pull(
+        &self,
+        credentials: &Credentials,
+        request: PullRequest,
+    ) -> Result<PullResponse> {
+        self.authorize(credentials, &request.group)?;
+        protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
+        if request.limit == Some(0) {
+            return Err(Error::BadRequest("limit must be at least 1".to_owned()));
+        }
+        // An up-to-date cursor (the usual poll): nothing changed after it, in
+        // any group, and the store need not be asked.
+        let shared = &self.inner.shared;
+        let up_to_date = request.since.as_ref().filter(|since| {
+            *since.epoch == *shared.epoch && since.seq == shared.latest.load(Ordering::Acquire)
+        });
+        if let Some(since) = up_to_date {
+            return Ok(PullResponse {
+                documents: Vec::new(),
+                cursor: since.clone(),
+                more: false,
+            });
+        }
+        let response = self.call(move |store| store.pull(&request)).await??;
+        tracing::debug!(
+            documents = response.documents.len(),
+            cursor = %response.cursor,
+            more = response.more,
+            "pull"
+        );
+        Ok(response)
+    }
+
+    /// Applies a batch of changes ([`Store::push`]) if `credentials` may use
+    /// the group, and notifies the group's subscribers when a change was
+    /// accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unauthorized`], [`Error::Forbidden`], those of
+    /// [`Store::push`], and [`Error::Unavailable`] if the store is closed or
+    /// overloaded.
+    pub async fn push(
+        &self,
+        credentials: &Credentials,
+        request: PushRequest,
+    ) -> Result<PushResponse> {
+        self.authorize(credentials, &request.group)?;
+        let shared = Arc::clone(&self.inner.shared);
+        self.call(move |store| {
+            let before = store.cursor().seq;
+            let response = store.push(&request)?;
+            let after = response.cursor.seq;
+            tracing::debug!(
+                group = %request.group,
+                client = %request.client_id,
+                changes = request.changes.len(),
+                applied = after.saturating_sub(before),
+                "push"
+            );
+            if after != before {
+                // Still on the store thread: events leave in change order.
+                shared.latest.store(after, Ordering::Release);
+                let _no_subscribers = shared.events.send(Event {
+                    group: request.group.as_str().into(),
+                    seq: after,
+                });
+            }
+            Ok(response)
+        })
+        .await?
+    }
+
+    /// Follows a group: the returned [`Subscription`] yields the current
+    /// cursor first, then the latest cursor after each accepted change in the
+    /// group. It ends on [`SyncService::shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadRequest`] for an invalid group name,
+    /// [`Error::Unauthorized`], [`Error::Forbidden`].
+    pub async fn subscribe(&self, credentials: &Credentials, group: &str) -> Result<Subscription> {
+        self.authorize(credentials, group)?;
+        protocol::validate_group(group).map_err(Error::BadRequest)?;
+        let shared = &self.inner.shared;
+        // Subscribe before reading the cursor: a change committed in between
+        // is then seen by one or the other.
+        let events = shared.events.subscribe();
+        let initial = self.cursor();
+        Ok(Subscription {
+            group: group.into(),
+            shared: Arc::clone(shared),
+            events,
+            initial: Some(initial),
+            shutdown: self.inner.shutdown.subscribe(),
+        })
+    }
+
+    /// Runs `f` with the store on the store thread and returns its result.
+    ///
+    /// Changes made this way bypass authorization and are not announced to
+    /// subscribers; use it for reads, maintenance and tests.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] if the store is closed or its queue is full.
+    pub async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Store) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let shared = Arc::clone(&self.inner.shared);
+        let job: Job = Box::new(move |store| {
+            let result = f(store);
+            // Changes made through `call` move the latest cursor too, before
+            // the caller hears back.
+            shared
+                .latest
+                .fetch_max(store.cursor().seq, Ordering::AcqRel);
+            let _gone = reply.send(result);
+        });
+        self.inner
+            .jobs
+            .try_send(Message::Job(job))
+            .map_err(|_| Error::Unavailable)?;
+        answer.await.map_err(|_| Error::Unavailable)
+    }
+
+    /// Ends every [`Subscription`] (and `/events` stream), now and from now
+    /// on, so that a graceful HTTP shutdown is not held up by them. Pulls and
+    /// pushes go on working.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// [`SyncService::shutdown`], then closes the store once the jobs already
+    /// queued are done, and waits for it. Later calls fail with
+    /// [`Error::Unavailable`].
+    pub async fn close(&self) {
+        self.shutdown();
+        let (done, closed) = oneshot::channel();
+        let jobs = self.inner.jobs.clone();
+        // `send` blocks while the queue is full: not on an executor thread.
+        let sent = tokio::task::spawn_blocking(move || jobs.send(Message::Close(done)).is_ok())
+            .await
+            .unwrap_or(false);
+        if sent {
+            let _already_closed = closed.await;
+        }
+    }
+}
+
+fn run_store(mut store: Store, queue: &mpsc::Receiver<Message>) {
+    while let Some(message) = next_message(queue) {
+        match message {
+            Message::Job(job) => {
+                // A panicking job (a bug) fails its own request, not the
+                // service: its transaction rolls back as it unwinds.
+                let run = std::panic::AssertUnwindSafe(|| job(&mut store));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("a store job panicked");
+                }
+            }
+            Message::Close(done) => {
+                drop(store);
+                let _gone = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// The next message. After a job, the thread polls (yielding the CPU) for
+/// [`SPIN`] before it sleeps: under load the next job comes sooner, and
+/// waking a sleeping thread costs more than a small pull.
+fn next_message(queue: &mpsc::Receiver<Message>) -> Option<Message> {
+    let deadline = Instant::now() + SPIN;
+    loop {
+        match queue.try_recv() {
+            Ok(message) => return Some(message),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
+                std::thread::yield_now();
+            }
+            Err(mpsc::TryRecvError::Empty) => return queue.recv().ok(),
+        }
+    }
+}
+
+/// The cursors of one group: the current one, then the latest after each
+/// accepted change. Made by [`SyncService::subscribe`].
+pub struct Subscription {
+    group: Arc<str>,
+    shared: Arc<Shared>,
+    events: broadcast::Receiver<Event>,
+    initial: Option<Cursor>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The group followed.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The next cursor; `None` once the service shuts down.
+    ///
+    /// A subscriber that falls far behind skips to the latest cursor.
+    pub async fn recv(&mut self) -> Option<Cursor> {
+        if *self.shutdown.borrow() {
+            return None;
+        }
+        if let Some(cursor) = self.initial.take() {
+            return Some(cursor);
+        }
+        loop {
+            tokio::select! {
+                _ = self.shutdown.wait_for(|stop| *stop) => return None,
+                event = self.events.recv() => match event {
+                    Ok(event) if event.group == self.group => {
+                        return Some(self.shared.cursor_at(event.seq));
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let seq = self.shared.latest.load(Ordering::Acquire);
+                        return Some(self.shared.cursor_at(seq));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+
+    /// The subscription as a stream of cursors.
+    pub fn into_stream(self) -> impl Stream<Item = Cursor> + Send + 'static {
+        futures_util::stream::unfold(self, |mut subscription| async move {
+            let cursor = subscription.recv().await?;
+            Some((cursor, subscription))
+        })
+    }
+}

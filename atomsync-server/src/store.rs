@@ -1,0 +1,1023 @@
+//! [`Store`]: the documents of every group in one SQLite database.
+
+use std::path::Path;
+
+use atomsync_core::protocol::{
+    self, Change, ChangeResult, Cursor, Document, PullRequest, PullResponse, PushRequest,
+    PushResponse,
+};
+use atomsync_core::sexpr::Raw;
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::{Error, Result};
+
+/// The schema, one migration per entry, applied in order. `PRAGMA
+/// user_version` holds how many have been applied. Never edit an entry once
+/// released: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the change counter, the documents and the answered mutations.
+    "CREATE TABLE meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        epoch TEXT NOT NULL,
+        seq INTEGER NOT NULL CHECK (seq >= 0)
+    ) STRICT;
+    CREATE TABLE documents (
+        grp TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (grp, key)
+    ) STRICT;
+    CREATE INDEX documents_by_seq ON documents (grp, seq);
+    CREATE TABLE mutations (
+        client_id TEXT NOT NULL,
+        mutation INTEGER NOT NULL,
+        grp TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version INTEGER,
+        PRIMARY KEY (client_id, mutation)
+    ) STRICT, WITHOUT ROWID;",
+];
+
+/// SQLite's `synchronous` setting: how hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// Every commit is on disk before it is acknowledged, even across a power
+    /// failure. The default.
+    #[default]
+    Full,
+    /// Commits survive a crash of the process; the last ones may be lost on a
+    /// power failure (WAL mode).
+    Normal,
+    /// No syncing at all: for tests and in-process simulations only.
+    Off,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Off => "OFF",
+        }
+    }
+}
+
+/// How a [`Store`] opens its database.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Durability of commits; [`Synchronous::Full`] by default.
+    pub synchronous: Synchronous,
+    /// A pull page ends once its keys and values add up to this many bytes
+    /// (8 MiB by default), whatever its limit, so that a group of large
+    /// documents is read in several pages. A page always holds at least one
+    /// document.
+    pub max_pull_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            synchronous: Synchronous::default(),
+            max_pull_bytes: 8 << 20,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Sets [`StoreOptions::max_pull_bytes`].
+    pub fn max_pull_bytes(mut self, bytes: usize) -> Self {
+        self.max_pull_bytes = bytes;
+        self
+    }
+
+    /// Sets [`StoreOptions::synchronous`].
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+}
+
+/// The documents of every group, in one SQLite database.
+///
+/// A document is `(group, key, value, version)`: the value is canonical
+/// S-expression text, or `NULL` for a deleted document (a tombstone, which
+/// keeps its version so the deletion propagates). Every accepted change gets
+/// the next number of a global, strictly increasing change counter; the pair
+/// (database epoch, change number) is the clients' [`Cursor`].
+///
+/// The store is blocking: async code reaches it through
+/// [`SyncService`](crate::SyncService), which runs it on its own thread.
+///
+/// ## Usage
+///
+/// ```
+/// use atomsync_core::protocol::{Change, PullRequest, PushRequest, ChangeResult};
+/// use atomsync_core::sexpr::Raw;
+/// use atomsync_server::Store;
+///
+/// let mut store = Store::open_in_memory()?;
+/// let response = store.push(&PushRequest {
+///     group: "todo".into(),
+///     client_id: "c1".into(),
+///     changes: vec![Change {
+///         mutation: 1,
+///         key: "a".into(),
+///         base_version: 0,
+///         value: Some(Raw::from_text("42").unwrap()),
+///     }],
+/// })?;
+/// assert!(matches!(response.results[0], ChangeResult::Accepted { version: 1, .. }));
+/// let page = store.pull(&PullRequest { group: "todo".into(), since: None, limit: None })?;
+/// assert_eq!(page.documents.len(), 1);
+/// assert_eq!(page.cursor, store.cursor());
+/// # Ok::<(), atomsync_server::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    epoch: String,
+    seq: u64,
+    max_pull_bytes: usize,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and brings its schema up to
+    /// date.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        Store::setup(conn, &options)
+    }
+
+    /// Opens a fresh database in memory, for tests and simulations.
+    pub fn open_in_memory() -> Result<Store> {
+        Store::setup(Connection::open_in_memory()?, &StoreOptions::default())
+    }
+
+    fn setup(mut conn: Connection, options: &StoreOptions) -> Result<Store> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // `journal_mode` answers with the mode in force ("memory" in memory).
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", options.synchronous.pragma())?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // SQLite (built with STAT4) re-plans a statement whenever a value
+        // bound to a range (`seq > ?`) changes, unless the plan is pinned:
+        // that re-planning was most of a small pull's cost.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        migrate(&mut conn)?;
+        let (epoch, seq) = read_meta(&conn)?;
+        Ok(Store {
+            conn,
+            epoch,
+            seq,
+            max_pull_bytes: options.max_pull_bytes,
+        })
+    }
+
+    /// The identity of this database, created with it.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The cursor after the last accepted change.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+        }
+    }
+
+    /// The documents of a group changed after `request.since`, oldest change
+    /// first, read in one transaction.
+    ///
+    /// A page ends after `request.limit` documents (default and maximum from
+    /// [`protocol`](atomsync_core::protocol)) or
+    /// [`StoreOptions::max_pull_bytes`], whichever comes first. The returned
+    /// cursor is the change number of the last document returned when more
+    /// remain, and the database's latest change number otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadRequest`] for an invalid group or a zero limit;
+    /// [`Error::CursorReset`] for a cursor of another database, or beyond
+    /// this database's last change.
+    pub fn pull(&mut self, request: &PullRequest) -> Result<PullResponse> {
+        protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
+        let limit = match request.limit {
+            None => protocol::DEFAULT_PULL_LIMIT,
+            Some(0) => return Err(Error::BadRequest("limit must be at least 1".to_owned())),
+            Some(n) => n.min(protocol::MAX_PULL_LIMIT),
+        } as usize;
+        let tx = Tx::begin(&self.conn, "BEGIN")?;
+        let latest = read_seq(&tx)?;
+        let since = match &request.since {
+            None => 0,
+            Some(cursor) => check_cursor(cursor, &self.epoch, latest)?,
+        };
+        let mut documents = Vec::with_capacity(limit.min(64));
+        let mut last_seq = since;
+        let mut more = false;
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT key, version, value, seq FROM documents
+                 WHERE grp = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![request.group, since as i64, limit as i64 + 1])?;
+            let mut bytes = 0;
+            while let Some(row) = rows.next()? {
+                if documents.len() == limit || bytes >= self.max_pull_bytes {
+                    more = true;
+                    break;
+                }
+                let document = Document {
+                    key: row.get(0)?,
+                    version: row.get::<_, i64>(1)? as u64,
+                    value: stored_value(row.get(2)?),
+                };
+                bytes +=
+                    document.key.len() + document.value.as_ref().map_or(0, |v| v.as_str().len());
+                documents.push(document);
+                last_seq = row.get::<_, i64>(3)? as u64;
+            }
+        }
+        tx.commit()?;
+        self.seq = latest;
+        let seq = if more { last_seq } else { latest };
+        Ok(PullResponse {
+            documents,
+            cursor: Cursor {
+                epoch: self.epoch.clone(),
+                seq,
+            },
+            more,
+        })
+    }
+
+    /// Applies a batch of changes to one group in one transaction.
+    ///
+    /// A change is accepted when its `base_version` is the document's current
+    /// version (0 for a key never written); the document then gets version
+    /// `base_version + 1` and the next change number. Otherwise it is a
+    /// conflict answered with the current document. A change whose
+    /// `(client_id, mutation)` was answered before is not applied again: it
+    /// gets the same answer (the same version if it was accepted; a conflict
+    /// with the document as it is now if it was refused).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadRequest`] for an invalid group, client id, key, version,
+    /// mutation number or batch size, or a mutation number the client already
+    /// used for another key. Nothing is applied then.
+    pub fn push(&mut self, request: &PushRequest) -> Result<PushResponse> {
+        validate_push(request)?;
+        let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
+        let start = read_seq(&tx)?;
+        let mut seq = start;
+        let mut results = Vec::with_capacity(request.changes.len());
+        {
+            // Recording the answer first tells, in the same statement, whether
+            // this change was decided before; the document is then written
+            // only if its version is still `base_version`, and the answer is
+            // corrected to a conflict otherwise.
+            let mut record = tx.prepare_cached(
+                "INSERT INTO mutations (client_id, mutation, grp, key, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )?;
+            let mut refuse = tx.prepare_cached(
+                "UPDATE mutations SET version = NULL WHERE client_id = ?1 AND mutation = ?2",
+            )?;
+            let mut answered = tx.prepare_cached(
+                "SELECT grp, key, version FROM mutations WHERE client_id = ?1 AND mutation = ?2",
+            )?;
+            let mut create = tx.prepare_cached(
+                "INSERT INTO documents (grp, key, value, version, seq) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (grp, key) DO NOTHING",
+            )?;
+            let mut update = tx.prepare_cached(
+                "UPDATE documents SET value = ?3, version = ?4, seq = ?5
+                 WHERE grp = ?1 AND key = ?2 AND version = ?6",
+            )?;
+            let mut find_document = tx.prepare_cached(
+                "SELECT version, value FROM documents WHERE grp = ?1 AND key = ?2",
+            )?;
+            let mut current = |key: &str| -> Result<Option<Document>> {
+                Ok(find_document
+                    .query_row(params![request.group, key], |row| {
+                        Ok(Document {
+                            key: key.to_owned(),
+                            version: row.get::<_, i64>(0)? as u64,
+                            value: stored_value(row.get(1)?),
+                        })
+                    })
+                    .optional()?)
+            };
+            for change in &request.changes {
+                let Change {
+                    mutation,
+                    ref key,
+                    base_version,
+                    ref value,
+                } = *change;
+                let proposed = (base_version < protocol::MAX_VERSION).then_some(base_version + 1);
+                let recorded = record.execute(params![
+                    request.client_id,
+                    mutation as i64,
+                    request.group,
+                    key,
+                    proposed.map(|v| v as i64),
+                ])?;
+                if recorded == 0 {
+                    let (grp, answered_key, version) =
+                        answered.query_row(params![request.client_id, mutation as i64], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, Option<i64>>(2)?,
+                            ))
+                        })?;
+                    if grp != request.group || answered_key != *key {
+                        return Err(Error::BadRequest(format!(
+                            "mutation {mutation} of client `{}` was already used for another \
+                             document; mutation numbers must not be reused",
+                            request.client_id
+                        )));
+                    }
+                    results.push(match version {
+                        Some(version) => ChangeResult::Accepted {
+                            mutation,
+                            key: key.clone(),
+                            version: version as u64,
+                        },
+                        None => ChangeResult::Conflict {
+                            mutation,
+                            key: key.clone(),
+                            current: current(key)?,
+                        },
+                    });
+                    continue;
+                }
+                let value = value.as_ref().map(Raw::as_str);
+                let applied = match proposed {
+                    None => 0,
+                    Some(_) if base_version == 0 => {
+                        create.execute(params![request.group, key, value, seq as i64 + 1])?
+                    }
+                    Some(version) => update.execute(params![
+                        request.group,
+                        key,
+                        value,
+                        version as i64,
+                        seq as i64 + 1,
+                        base_version as i64,
+                    ])?,
+                };
+                match proposed {
+                    Some(version) if applied == 1 => {
+                        seq += 1;
+                        results.push(ChangeResult::Accepted {
+                            mutation,
+                            key: key.clone(),
+                            version,
+                        });
+                    }
+                    _ => {
+                        refuse.execute(params![request.client_id, mutation as i64])?;
+                        results.push(ChangeResult::Conflict {
+                            mutation,
+                            key: key.clone(),
+                            current: current(key)?,
+                        });
+                    }
+                }
+            }
+        }
+        if seq != start {
+            tx.execute("UPDATE meta SET seq = ?1 WHERE id = 1", [seq as i64])?;
+        }
+        tx.commit()?;
+        self.seq = seq;
+        Ok(PushResponse {
+            results,
+            cursor: self.cursor(),
+        })
+    }
+}
+
+/// A transaction run with cached `BEGIN`, `COMMIT` and `ROLLBACK` statements
+/// (rusqlite's parses them anew each time, a good part of a small pull's
+/// cost). Rolled back when dropped uncommitted.
+struct Tx<'a> {
+    conn: &'a Connection,
+    open: bool,
+}
+
+impl<'a> Tx<'a> {
+    /// `BEGIN` for reads, `BEGIN IMMEDIATE` for writes (takes the write lock
+    /// at once, so the transaction never has to upgrade).
+    fn begin(conn: &'a Connection, begin: &'static str) -> Result<Self> {
+        conn.prepare_cached(begin)?.execute([])?;
+        Ok(Tx { conn, open: true })
+    }
+
+    /// Commits; on failure the transaction is rolled back as `self` drops.
+    fn commit(mut self) -> Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let rolled_back = self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut rollback| rollback.execute([]));
+            if let Err(e) = rolled_back {
+                tracing::error!(error = %e, "rollback failed");
+            }
+        }
+    }
+}
+
+/// Brings the schema up to date and creates the meta row (with a fresh
+/// epoch) in one transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let applied: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(Error::Config(format!(
+            "the database has schema version {applied}, newer than this server's {}",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO meta (id, epoch, seq) VALUES (1, ?1, 0)",
+        [new_epoch()?],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn read_meta(conn: &Connection) -> Result<(String, u64)> {
+    let (epoch, seq) = conn
+        .prepare_cached("SELECT epoch, seq FROM meta WHERE id = 1")?
+        .query_row([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+    Ok((epoch, seq as u64))
+}
+
+fn read_seq(conn: &Connection) -> Result<u64> {
+    let seq = conn
+        .prepare_cached("SELECT seq FROM meta WHERE id = 1")?
+        .query_row([], |row| row.get::<_, i64>(0))?;
+    Ok(seq as u64)
+}
+
+/// A random database identity: 128 bits as 32 hex digits.
+fn new_epoch() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no random numbers for the epoch: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn check_cursor(cursor: &Cursor, epoch: &str, latest: u64) -> Result<u64> {
+    if cursor.epoch != epoch {
+        return Err(Error::CursorReset(
+            "the cursor belongs to another database: pull again from the beginning".to_owned(),
+        ));
+    }
+    if cursor.seq > latest {
+        return Err(Error::CursorReset(format!(
+            "the cursor is beyond this database's last change ({latest}): \
+             pull again from the beginning"
+        )));
+    }
+    Ok(cursor.seq)
+}
+
+/// A stored value back as a datum. Stored text was validated (and made
+/// canonical) when it was written, so it is not parsed again.
+fn stored_value(text: Option<String>) -> Option<Raw> {
+    text.map(Raw::from_trusted)
+}
+
+fn validate_push(request: &PushRequest) -> Result<()> {
+    protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
+    let id = &request.client_id;
+    if id.is_empty() || id.len() > protocol::MAX_CLIENT_ID_LEN {
+        return Err(Error::BadRequest(format!(
+            "client id must be 1 to {} bytes long",
+            protocol::MAX_CLIENT_ID_LEN
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Error::BadRequest(
+            "client id must not contain control characters".to_owned(),
+        ));
+    }
+    if request.changes.len() > protocol::MAX_PUSH_CHANGES {
+        return Err(Error::BadRequest(format!(
+            "a push may carry at most {} changes, this one has {}",
+            protocol::MAX_PUSH_CHANGES,
+            request.changes.len()
+        )));
+    }
+    for (index, change) in request.changes.iter().enumerate() {
+        protocol::validate_key(&change.key)
+            .map_err(|e| Error::BadRequest(format!("change {index}: {e}")))?;
+        if change.base_version > protocol::MAX_VERSION {
+            return Err(Error::BadRequest(format!(
+                "change {index}: base_version must be at most {}",
+                protocol::MAX_VERSION
+            )));
+        }
+        if change.mutation > protocol::MAX_VERSION {
+            return Err(Error::BadRequest(format!(
+                "change {index}: mutation must be at most {}",
+                protocol::MAX_VERSION
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Raw {
+        Raw::from_text(text).unwrap()
+    }
+
+    fn change(mutation: u64, key: &str, base_version: u64, value: Option<&str>) -> Change {
+        Change {
+            mutation,
+            key: key.to_owned(),
+            base_version,
+            value: value.map(raw),
+        }
+    }
+
+    fn push(store: &mut Store, client: &str, changes: Vec<Change>) -> Result<PushResponse> {
+        store.push(&PushRequest {
+            group: "g".to_owned(),
+            client_id: client.to_owned(),
+            changes,
+        })
+    }
+
+    fn pull(store: &mut Store, since: Option<Cursor>, limit: Option<u32>) -> Result<PullResponse> {
+        store.pull(&PullRequest {
+            group: "g".to_owned(),
+            since,
+            limit,
+        })
+    }
+
+    fn accepted_version(result: &ChangeResult) -> Option<u64> {
+        match result {
+            ChangeResult::Accepted { version, .. } => Some(*version),
+            ChangeResult::Conflict { .. } => None,
+        }
+    }
+
+    #[test]
+    fn migrations_apply_to_an_empty_database_and_are_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let (epoch, seq) = read_meta(&conn).unwrap();
+        // Running them again changes nothing, the epoch included.
+        migrate(&mut conn).unwrap();
+        assert_eq!(read_meta(&conn).unwrap(), (epoch.clone(), seq));
+        assert_eq!(seq, 0);
+        assert_eq!(epoch.len(), 32);
+        // The schema is consistent.
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        conn.execute_batch("PRAGMA foreign_key_check").unwrap();
+    }
+
+    #[test]
+    fn each_migration_applies_in_its_own_step() {
+        let conn = Connection::open_in_memory().unwrap();
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            conn.execute_batch(migration)
+                .unwrap_or_else(|e| panic!("migration {} fails: {e}", index + 1));
+            assert!(
+                !migration.to_ascii_uppercase().contains("PRAGMA"),
+                "PRAGMAs belong outside migrations"
+            );
+        }
+    }
+
+    #[test]
+    fn a_database_newer_than_the_server_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(Store::open(&path, StoreOptions::default()).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+    }
+
+    #[test]
+    fn pragmas_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("db"),
+            StoreOptions::default().synchronous(Synchronous::Normal),
+        )
+        .unwrap();
+        let mode: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1);
+        let fk: i64 = store
+            .conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn epoch_and_data_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
+        let cursor = store.cursor();
+        drop(store);
+        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(store.cursor(), cursor);
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(page.documents.len(), 1);
+        // A new database has another epoch.
+        let other = Store::open(dir.path().join("other"), StoreOptions::default()).unwrap();
+        assert_ne!(other.epoch(), store.epoch());
+    }
+
+    #[test]
+    fn versions_count_up_and_stale_writes_conflict() {
+        let mut store = Store::open_in_memory().unwrap();
+        let r = push(&mut store, "c", vec![change(1, "k", 0, Some("(a)"))]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), Some(1));
+        assert_eq!(r.cursor.seq, 1);
+        let r = push(&mut store, "c", vec![change(2, "k", 1, Some("(b)"))]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), Some(2));
+        // Based on version 1 again: stale.
+        let r = push(&mut store, "d", vec![change(1, "k", 1, Some("(c)"))]).unwrap();
+        assert_eq!(
+            r.results[0],
+            ChangeResult::Conflict {
+                mutation: 1,
+                key: "k".to_owned(),
+                current: Some(Document {
+                    key: "k".to_owned(),
+                    version: 2,
+                    value: Some(raw("(b)")),
+                }),
+            }
+        );
+        assert_eq!(r.cursor.seq, 2, "a conflict takes no change number");
+        // A new key based on a version that never existed.
+        let r = push(&mut store, "d", vec![change(2, "new", 3, Some("1"))]).unwrap();
+        assert!(matches!(
+            &r.results[0],
+            ChangeResult::Conflict { current: None, .. }
+        ));
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(page.documents.len(), 1);
+        assert_eq!(page.documents[0].value, Some(raw("(b)")));
+    }
+
+    #[test]
+    fn the_largest_version_is_a_conflict_not_an_overflow() {
+        let mut store = Store::open_in_memory().unwrap();
+        let max = protocol::MAX_VERSION;
+        let r = push(&mut store, "c", vec![change(1, "k", max, Some("1"))]).unwrap();
+        assert!(matches!(
+            &r.results[0],
+            ChangeResult::Conflict { current: None, .. }
+        ));
+        let r = push(&mut store, "c", vec![change(2, "k", max - 1, Some("1"))]).unwrap();
+        assert!(matches!(
+            &r.results[0],
+            ChangeResult::Conflict { current: None, .. }
+        ));
+        assert_eq!(store.cursor().seq, 0);
+    }
+
+    #[test]
+    fn deletes_are_tombstones_that_keep_their_version() {
+        let mut store = Store::open_in_memory().unwrap();
+        push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
+        let r = push(&mut store, "c", vec![change(2, "k", 1, None)]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), Some(2));
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(
+            page.documents,
+            vec![Document {
+                key: "k".to_owned(),
+                version: 2,
+                value: None
+            }]
+        );
+        // Recreating the key must be based on the tombstone's version.
+        let r = push(&mut store, "c", vec![change(3, "k", 0, Some("2"))]).unwrap();
+        assert!(matches!(
+            &r.results[0],
+            ChangeResult::Conflict {
+                current: Some(Document {
+                    version: 2,
+                    value: None,
+                    ..
+                }),
+                ..
+            }
+        ));
+        let r = push(&mut store, "c", vec![change(4, "k", 2, Some("2"))]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), Some(3));
+    }
+
+    #[test]
+    fn changes_of_a_batch_apply_in_order() {
+        let mut store = Store::open_in_memory().unwrap();
+        let r = push(
+            &mut store,
+            "c",
+            vec![
+                change(1, "k", 0, Some("1")),
+                change(2, "k", 1, Some("2")),
+                change(3, "k", 1, Some("3")),
+            ],
+        )
+        .unwrap();
+        let versions: Vec<_> = r.results.iter().map(accepted_version).collect();
+        assert_eq!(versions, [Some(1), Some(2), None]);
+        assert_eq!(r.cursor.seq, 2);
+    }
+
+    #[test]
+    fn retried_mutations_get_the_same_answer_and_apply_once() {
+        let mut store = Store::open_in_memory().unwrap();
+        let batch = vec![change(1, "k", 0, Some("1")), change(2, "j", 5, Some("1"))];
+        let first = push(&mut store, "c", batch.clone()).unwrap();
+        // Someone else changes k meanwhile.
+        push(&mut store, "other", vec![change(1, "k", 1, Some("9"))]).unwrap();
+        let cursor = store.cursor();
+        let retry = push(&mut store, "c", batch).unwrap();
+        assert_eq!(retry.results, first.results);
+        assert_eq!(retry.cursor, cursor, "nothing was applied");
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(page.documents.len(), 1);
+        assert_eq!(page.documents[0].version, 2);
+        // A refused change is answered with the document as it is now.
+        push(&mut store, "other", vec![change(2, "j", 0, Some("7"))]).unwrap();
+        let retry = push(&mut store, "c", vec![change(2, "j", 5, Some("1"))]).unwrap();
+        assert!(matches!(
+            &retry.results[0],
+            ChangeResult::Conflict {
+                current: Some(Document { version: 1, .. }),
+                ..
+            }
+        ));
+        // The same mutation number on another key is a client bug.
+        let err = push(&mut store, "c", vec![change(1, "zzz", 0, Some("1"))]).unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{err}");
+    }
+
+    #[test]
+    fn a_rejected_batch_changes_nothing() {
+        let mut store = Store::open_in_memory().unwrap();
+        push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
+        let before = store.cursor();
+        // The second change reuses mutation 1 for another key: the whole
+        // batch is refused, its first change included.
+        let err = push(
+            &mut store,
+            "c",
+            vec![change(2, "a", 0, Some("1")), change(1, "b", 0, Some("1"))],
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)));
+        assert_eq!(store.cursor(), before);
+        assert_eq!(pull(&mut store, None, None).unwrap().documents.len(), 1);
+        // Mutation 2 was not recorded either.
+        let r = push(&mut store, "c", vec![change(2, "a", 0, Some("1"))]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), Some(1));
+    }
+
+    #[test]
+    fn invalid_pushes_are_bad_requests() {
+        let mut store = Store::open_in_memory().unwrap();
+        let ok = PushRequest {
+            group: "g".to_owned(),
+            client_id: "c".to_owned(),
+            changes: vec![change(1, "k", 0, Some("1"))],
+        };
+        type Mutate = Box<dyn Fn(&mut PushRequest)>;
+        let cases: Vec<(&str, Mutate)> = vec![
+            ("empty group", Box::new(|r| r.group.clear())),
+            ("bad group", Box::new(|r| r.group = "a b".to_owned())),
+            ("long group", Box::new(|r| r.group = "g".repeat(200))),
+            ("empty client", Box::new(|r| r.client_id.clear())),
+            ("long client", Box::new(|r| r.client_id = "c".repeat(200))),
+            (
+                "control client",
+                Box::new(|r| r.client_id = "a\nb".to_owned()),
+            ),
+            ("empty key", Box::new(|r| r.changes[0].key.clear())),
+            ("long key", Box::new(|r| r.changes[0].key = "k".repeat(600))),
+            (
+                "control key",
+                Box::new(|r| r.changes[0].key = "\0".to_owned()),
+            ),
+            (
+                "huge base",
+                Box::new(|r| r.changes[0].base_version = u64::MAX),
+            ),
+            (
+                "huge mutation",
+                Box::new(|r| r.changes[0].mutation = u64::MAX),
+            ),
+            (
+                "too many",
+                Box::new(|r| r.changes = vec![change(1, "k", 0, None); 1001]),
+            ),
+        ];
+        for (name, mutate) in cases {
+            let mut request = ok.clone();
+            mutate(&mut request);
+            let err = store.push(&request).unwrap_err();
+            assert!(matches!(err, Error::BadRequest(_)), "{name}: {err}");
+        }
+        assert_eq!(store.cursor().seq, 0);
+        assert!(store.push(&ok).is_ok());
+    }
+
+    #[test]
+    fn pull_pages_through_changes_in_order() {
+        let mut store = Store::open_in_memory().unwrap();
+        for i in 0..10u64 {
+            push(
+                &mut store,
+                "c",
+                vec![change(i + 1, &format!("k{i}"), 0, Some("1"))],
+            )
+            .unwrap();
+        }
+        // Another group's changes take numbers but are not returned.
+        store
+            .push(&PushRequest {
+                group: "other".to_owned(),
+                client_id: "c".to_owned(),
+                changes: vec![change(100, "x", 0, Some("1"))],
+            })
+            .unwrap();
+        // k3 changes again: it moves to the end.
+        push(&mut store, "c", vec![change(11, "k3", 1, Some("2"))]).unwrap();
+        let mut keys = Vec::new();
+        let mut since = None;
+        loop {
+            let page = pull(&mut store, since, Some(4)).unwrap();
+            assert!(page.documents.len() <= 4);
+            keys.extend(page.documents.iter().map(|d| d.key.clone()));
+            since = Some(page.cursor.clone());
+            if !page.more {
+                assert_eq!(
+                    page.cursor.seq, 12,
+                    "the last page ends at the latest change"
+                );
+                break;
+            }
+        }
+        let expected: Vec<String> = [0, 1, 2, 4, 5, 6, 7, 8, 9, 3]
+            .iter()
+            .map(|i| format!("k{i}"))
+            .collect();
+        assert_eq!(keys, expected);
+        // Nothing new: an empty page with the same cursor.
+        let page = pull(&mut store, since.clone(), None).unwrap();
+        assert!(page.documents.is_empty() && !page.more);
+        assert_eq!(Some(page.cursor), since);
+    }
+
+    #[test]
+    fn pull_limits() {
+        let mut store = Store::open_in_memory().unwrap();
+        let err = pull(&mut store, None, Some(0)).unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)));
+        let changes: Vec<_> = (0..1000)
+            .map(|i| change(i + 1, &format!("k{i}"), 0, Some("1")))
+            .collect();
+        for chunk in 0..(protocol::MAX_PULL_LIMIT as usize / 1000 + 1) {
+            let batch = changes
+                .iter()
+                .map(|c| Change {
+                    mutation: c.mutation + 1000 * chunk as u64,
+                    key: format!("{}-{chunk}", c.key),
+                    ..c.clone()
+                })
+                .collect();
+            push(&mut store, "c", batch).unwrap();
+        }
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(page.documents.len(), protocol::DEFAULT_PULL_LIMIT as usize);
+        assert!(page.more);
+        let page = pull(&mut store, None, Some(u32::MAX)).unwrap();
+        assert_eq!(page.documents.len(), protocol::MAX_PULL_LIMIT as usize);
+        assert!(page.more);
+        let err = store
+            .pull(&PullRequest {
+                group: "bad group".to_owned(),
+                since: None,
+                limit: None,
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)));
+    }
+
+    #[test]
+    fn pages_end_at_the_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::default().max_pull_bytes(1000);
+        let mut store = Store::open(dir.path().join("db"), options).unwrap();
+        let big = format!("\"{}\"", "x".repeat(600));
+        let changes = (0..5)
+            .map(|i| change(i + 1, &format!("k{i}"), 0, Some(&big)))
+            .collect();
+        push(&mut store, "c", changes).unwrap();
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(page.documents.len(), 2, "600 + 600 bytes reach the budget");
+        assert!(page.more);
+        let page = pull(&mut store, Some(page.cursor), Some(1)).unwrap();
+        assert_eq!(page.documents.len(), 1);
+        // A single document larger than the budget still makes a page.
+        let options = StoreOptions::default().max_pull_bytes(10);
+        drop(store);
+        let mut store = Store::open(dir.path().join("db"), options).unwrap();
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(page.documents.len(), 1);
+        assert!(page.more);
+    }
+
+    #[test]
+    fn foreign_or_future_cursors_reset() {
+        let mut store = Store::open_in_memory().unwrap();
+        push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
+        let foreign = Cursor {
+            epoch: "0123abcd".to_owned(),
+            seq: 1,
+        };
+        assert!(matches!(
+            pull(&mut store, Some(foreign), None),
+            Err(Error::CursorReset(_))
+        ));
+        let future = Cursor {
+            epoch: store.epoch().to_owned(),
+            seq: 2,
+        };
+        assert!(matches!(
+            pull(&mut store, Some(future), None),
+            Err(Error::CursorReset(_))
+        ));
+        let current = store.cursor();
+        assert!(pull(&mut store, Some(current), None).is_ok());
+    }
+}
