@@ -1,0 +1,892 @@
+//! [`Client`]: engines, storage and transport put together.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use atomsync_core::engine::{
+    Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, FailureKind, Storage,
+    SyncStatus,
+};
+use atomsync_core::sexpr::Raw;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::storage::{SqliteDatabase, SqliteOptions, SqliteStorage, Synchronous};
+use crate::transport::{DEFAULT_TIMEOUT, HttpTransport, Transport};
+use crate::{Error, Result};
+
+/// Where a [`Client`] keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// In memory: nothing survives the client (pending changes included).
+    Memory,
+    /// A SQLite file, created if missing.
+    File(PathBuf),
+}
+
+impl From<PathBuf> for Location {
+    fn from(path: PathBuf) -> Self {
+        Location::File(path)
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Self {
+        Location::File(path.to_owned())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(path: &PathBuf) -> Self {
+        Location::File(path.clone())
+    }
+}
+
+impl From<&str> for Location {
+    fn from(path: &str) -> Self {
+        Location::File(PathBuf::from(path))
+    }
+}
+
+/// Called with the group and the report of every conflict a sync raises.
+pub type ConflictCallback = Arc<dyn Fn(&str, &Conflict) + Send + Sync>;
+
+/// How a [`Client`] works; every field has a documented default.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// A bearer token sent with every request. Default: none.
+    pub token: Option<String>,
+    /// The engines' options: conflict policy (default: the server wins),
+    /// push and pull sizes, backoff.
+    pub engine: EngineOptions,
+    /// The time limit of one request. Default [`DEFAULT_TIMEOUT`] (30 s).
+    pub timeout: Option<Duration>,
+    /// How the SQLite file is opened. Default: [`Synchronous::Full`].
+    pub sqlite: SqliteOptions,
+    /// Called for every conflict a sync raises (the reports are also kept
+    /// until [`Client::take_conflicts`]). Default: none.
+    pub on_conflict: Option<ConflictCallback>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("engine", &self.engine)
+            .field("timeout", &self.timeout)
+            .field("sqlite", &self.sqlite)
+            .field("on_conflict", &self.on_conflict.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+impl ClientOptions {
+    /// Sets [`ClientOptions::token`].
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets [`ClientOptions::engine`].
+    pub fn engine(mut self, options: EngineOptions) -> Self {
+        self.engine = options;
+        self
+    }
+
+    /// Sets the conflict policy of [`ClientOptions::engine`].
+    pub fn policy(mut self, policy: ConflictPolicy) -> Self {
+        self.engine.policy = policy;
+        self
+    }
+
+    /// Sets [`ClientOptions::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the `synchronous` setting of [`ClientOptions::sqlite`].
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.sqlite = self.sqlite.synchronous(synchronous);
+        self
+    }
+
+    /// Sets [`ClientOptions::on_conflict`].
+    pub fn on_conflict(
+        mut self,
+        callback: impl Fn(&str, &Conflict) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_conflict = Some(Arc::new(callback));
+        self
+    }
+}
+
+/// What a [`Client::sync`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncReport {
+    /// Pushes sent.
+    pub pushes: usize,
+    /// Pulls sent.
+    pub pulls: usize,
+    /// Keys whose visible value changed, in key order.
+    pub changed: Vec<String>,
+    /// Conflicts raised (also passed to [`ClientOptions::on_conflict`] and
+    /// kept until [`Client::take_conflicts`]).
+    pub conflicts: Vec<Conflict>,
+}
+
+/// An offline-first client of an atomsync server: one sync engine per group,
+/// their state in SQLite, and a transport.
+///
+/// Writes apply locally and durably at once, whether or not the server is
+/// reachable; [`Client::sync`] pushes them and pulls what others wrote.
+/// Cloning is cheap (an `Arc`), and all methods take `&self`.
+///
+/// Each group's engine pushes as client id `"{device_id}/{group}"` (the
+/// server numbers mutations per client id, so ids must be unique per engine).
+/// Reopening a file keeps the ids it was created with.
+///
+/// ## Usage
+///
+/// ```
+/// use std::collections::BTreeSet;
+/// use atomsync_client::{Client, Location};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// struct Todo { title: String, done: bool, tags: BTreeSet<String> }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> atomsync_client::Result<()> {
+/// let client = Client::open(Location::Memory, "http://127.0.0.1:8090", "laptop").await?;
+/// let todo = Todo { title: "Buy milk".into(), done: false, tags: BTreeSet::new() };
+/// client.set("todo", "milk", &todo).await?; // works offline
+/// assert_eq!(client.get::<Todo>("todo", "milk").await?, Some(todo));
+/// assert_eq!(client.status("todo").await?.pending, 1);
+/// // With a server running: client.sync("todo").await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Client<T: Transport = HttpTransport> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Transport> Clone for Client<T> {
+    fn clone(&self) -> Self {
+        Client {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T: Transport + fmt::Debug> fmt::Debug for Client<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("device_id", &self.shared.device_id)
+            .field("db", &self.shared.db)
+            .field("transport", &self.shared.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<T> {
+    db: SqliteDatabase,
+    transport: T,
+    device_id: String,
+    options: ClientOptions,
+    started: Instant,
+    groups: Mutex<HashMap<String, Arc<Group>>>,
+}
+
+/// One group: its engine and storage, and the lock that keeps its syncs one
+/// at a time.
+struct Group {
+    name: String,
+    sync: tokio::sync::Mutex<()>,
+    state: Mutex<GroupState>,
+}
+
+struct GroupState {
+    name: String,
+    client_id: String,
+    options: EngineOptions,
+    /// `None` after a batch could not be persisted: the engine is then ahead
+    /// of its storage and is restored from it before the next use.
+    engine: Option<Engine>,
+    storage: SqliteStorage,
+}
+
+impl GroupState {
+    fn load(
+        name: &str,
+        client_id: String,
+        db: &SqliteDatabase,
+        options: EngineOptions,
+    ) -> Result<Self> {
+        let mut state = GroupState {
+            name: name.to_owned(),
+            client_id,
+            options,
+            engine: None,
+            storage: db.storage(name),
+        };
+        state.engine()?;
+        Ok(state)
+    }
+
+    /// The engine, restored from the storage if it had to be dropped.
+    fn engine(&mut self) -> Result<&mut Engine> {
+        if self.engine.is_none() {
+            let engine = match self.storage.load()? {
+                Some(snapshot) => Engine::restore(snapshot)?,
+                None => Engine::new(self.name.clone(), self.client_id.clone())?,
+            };
+            self.engine = Some(engine.with_options(self.options.clone()));
+        }
+        Ok(self.engine.as_mut().expect("set above"))
+    }
+
+    /// Persists what a step did; if that fails, the engine is dropped (to be
+    /// restored from the storage), as [`Effects::batch`] asks.
+    fn persist(&mut self, effects: Effects) -> Result<Effects> {
+        match self.storage.apply(&effects.batch) {
+            Ok(()) => Ok(effects),
+            Err(error) => {
+                self.engine = None;
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs an engine step that changes state and persists it.
+    fn change(&mut self, step: impl FnOnce(&mut Engine) -> Result<Effects>) -> Result<Effects> {
+        let effects = step(self.engine()?)?;
+        self.persist(effects)
+    }
+}
+
+impl Group {
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => {
+                // A step panicked (a bug) between changing the engine and
+                // persisting it: start again from what is stored.
+                let mut state = poisoned.into_inner();
+                state.engine = None;
+                self.state.clear_poison();
+                state
+            }
+        }
+    }
+}
+
+fn task_error(error: tokio::task::JoinError) -> Error {
+    Error::Task(error.to_string())
+}
+
+/// A random number in `0.0..1.0` for the backoff's jitter.
+fn jitter() -> f64 {
+    let bits = RandomState::new().hash_one(Instant::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Client<HttpTransport> {
+    /// Opens the client state at `location` (creating it if needed), syncing
+    /// with the server at `base_url` (see [`HttpTransport`]) as `device_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a bad URL; [`Error::Engine`] for an invalid
+    /// device id; [`Error::Sqlite`] or [`Error::Corrupt`] if the state cannot
+    /// be opened.
+    pub async fn open(
+        location: impl Into<Location>,
+        base_url: &str,
+        device_id: &str,
+    ) -> Result<Self> {
+        Self::open_with_options(location, base_url, device_id, ClientOptions::default()).await
+    }
+
+    /// [`Client::open`] with explicit [`ClientOptions`].
+    pub async fn open_with_options(
+        location: impl Into<Location>,
+        base_url: &str,
+        device_id: &str,
+        options: ClientOptions,
+    ) -> Result<Self> {
+        let timeout = options.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let mut transport = HttpTransport::with_timeout(base_url, timeout)?;
+        if let Some(token) = &options.token {
+            transport = transport.with_token(token.clone());
+        }
+        Self::with_transport(location, transport, device_id, options).await
+    }
+
+    /// Replaces the bearer token for the requests sent from now on (after an
+    /// auth failure, also [`Client::resume`] the halted groups).
+    pub fn set_token(&self, token: Option<String>) {
+        self.shared.transport.set_token(token);
+    }
+}
+
+impl<T: Transport> Client<T> {
+    /// A client talking through `transport` (for other transports, or a test
+    /// double). [`ClientOptions::token`] and [`ClientOptions::timeout`] are
+    /// the transport's business and are not used here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Engine`] for an empty device id or one with control
+    /// characters; [`Error::Sqlite`] or [`Error::Corrupt`] if the state
+    /// cannot be opened.
+    pub async fn with_transport(
+        location: impl Into<Location>,
+        transport: T,
+        device_id: &str,
+        options: ClientOptions,
+    ) -> Result<Self> {
+        if device_id.is_empty() || device_id.chars().any(char::is_control) {
+            return Err(Error::Engine(EngineError::InvalidClientId(
+                "the device id must be non-empty, without control characters".to_owned(),
+            )));
+        }
+        let location = location.into();
+        let sqlite = options.sqlite.clone();
+        let db = tokio::task::spawn_blocking(move || match location {
+            Location::Memory => SqliteDatabase::open_in_memory(),
+            Location::File(path) => SqliteDatabase::open(path, &sqlite),
+        })
+        .await
+        .map_err(task_error)??;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                db,
+                transport,
+                device_id: device_id.to_owned(),
+                options,
+                started: Instant::now(),
+                groups: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The device id given to [`Client::open`].
+    pub fn device_id(&self) -> &str {
+        &self.shared.device_id
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.shared.transport
+    }
+
+    /// Runs `f` on `group`'s state on a blocking thread (SQLite never runs
+    /// on the executor).
+    async fn run<R: Send + 'static>(
+        &self,
+        group: &str,
+        f: impl FnOnce(&mut GroupState) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let shared = Arc::clone(&self.shared);
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let group = shared.group(&group)?;
+            let mut state = group.lock();
+            f(&mut state)
+        })
+        .await
+        .map_err(task_error)?
+    }
+
+    // ----- local reads and writes -----
+
+    /// Writes `value` at `key` of `group`. The write is durable (with its
+    /// pending change) when this returns, and is pushed by the next sync.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Engine`] for an invalid group or key; [`Error::Codec`] if the
+    /// value cannot be encoded; [`Error::Sqlite`] if it cannot be stored.
+    pub async fn set<V: Serialize + ?Sized>(
+        &self,
+        group: &str,
+        key: &str,
+        value: &V,
+    ) -> Result<()> {
+        self.set_raw(group, key, Raw::from_value(value)?).await
+    }
+
+    /// Writes a value that is already an S-expression datum.
+    pub async fn set_raw(&self, group: &str, key: &str, value: Raw) -> Result<()> {
+        let key = key.to_owned();
+        self.run(group, move |state| {
+            let _persisted = state.change(|engine| Ok(engine.set(key, value)?))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes `key` of `group` (durably, pushed by the next sync).
+    pub async fn delete(&self, group: &str, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.run(group, move |state| {
+            let _persisted = state.change(|engine| Ok(engine.delete(key)?))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The visible value of `key` of `group` (the latest local write, else
+    /// the server's), decoded as `V`; `None` if deleted or never written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Codec`] if the value is not a `V`.
+    pub async fn get<V: DeserializeOwned>(&self, group: &str, key: &str) -> Result<Option<V>> {
+        match self.get_raw(group, key).await? {
+            Some(raw) => Ok(Some(raw.to_value()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The visible value of `key` of `group` as a datum.
+    pub async fn get_raw(&self, group: &str, key: &str) -> Result<Option<Raw>> {
+        let key = key.to_owned();
+        self.run(group, move |state| Ok(state.engine()?.get(&key).cloned()))
+            .await
+    }
+
+    /// The visible documents of `group` that are not deleted, decoded as `V`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Codec`] if a value is not a `V` (use
+    /// [`Client::raw_documents`] for groups of mixed types).
+    pub async fn documents<V: DeserializeOwned>(&self, group: &str) -> Result<BTreeMap<String, V>> {
+        self.raw_documents(group)
+            .await?
+            .into_iter()
+            .map(|(key, raw)| Ok((key, raw.to_value()?)))
+            .collect()
+    }
+
+    /// The visible documents of `group` that are not deleted, as data.
+    pub async fn raw_documents(&self, group: &str) -> Result<BTreeMap<String, Raw>> {
+        self.run(group, |state| {
+            Ok(state
+                .engine()?
+                .documents()
+                .map(|(key, raw)| (key.to_owned(), raw.clone()))
+                .collect())
+        })
+        .await
+    }
+
+    /// The unread conflict reports of `group`, oldest first.
+    pub async fn conflicts(&self, group: &str) -> Result<Vec<Conflict>> {
+        self.run(group, |state| {
+            Ok(state.engine()?.conflicts().cloned().collect())
+        })
+        .await
+    }
+
+    /// Removes and returns the unread conflict reports of `group`.
+    pub async fn take_conflicts(&self, group: &str) -> Result<Vec<Conflict>> {
+        self.run(group, |state| {
+            let (conflicts, effects) = state.engine()?.take_conflicts();
+            let _persisted = state.persist(effects)?;
+            Ok(conflicts)
+        })
+        .await
+    }
+
+    /// The sync state of `group` (pending changes, backoff, halt, ...).
+    pub async fn status(&self, group: &str) -> Result<SyncStatus> {
+        self.run(group, |state| Ok(state.engine()?.status())).await
+    }
+
+    /// Ends a halt of `group` after an auth or permanent failure (once the
+    /// app fixed the cause), so that the next sync sends again.
+    pub async fn resume(&self, group: &str) -> Result<()> {
+        self.run(group, |state| {
+            state.engine()?.resume();
+            Ok(())
+        })
+        .await
+    }
+
+    /// The groups with state in this client's database, in name order.
+    pub async fn groups(&self) -> Result<Vec<String>> {
+        let db = self.shared.db.clone();
+        tokio::task::spawn_blocking(move || db.groups())
+            .await
+            .map_err(task_error)?
+    }
+
+    // ----- syncing -----
+
+    /// Syncs `group` now: pushes every pending change (each answer folded in
+    /// and persisted before the next request), then pulls until the server
+    /// has nothing more. Syncs of one group run one at a time; a sync keeps
+    /// going to its end even if its caller stops waiting.
+    ///
+    /// An explicit sync does not wait for the backoff of earlier temporary
+    /// failures, but respects a halt.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Halted`] if syncing the group is halted (see
+    /// [`Client::resume`]); [`Error::Sync`] with the first failed request
+    /// (whatever was answered before it is kept); storage errors.
+    pub async fn sync(&self, group: &str) -> Result<SyncReport> {
+        let shared = Arc::clone(&self.shared);
+        let name = group.to_owned();
+        let group = {
+            let shared = Arc::clone(&shared);
+            tokio::task::spawn_blocking(move || shared.group(&name))
+                .await
+                .map_err(task_error)??
+        };
+        // In a task of its own: a request in flight is always folded back in.
+        tokio::spawn(async move { shared.sync(&group).await })
+            .await
+            .map_err(task_error)?
+    }
+}
+
+impl<T: Transport> Shared<T> {
+    /// The group's state, loaded from the storage on first use.
+    fn group(&self, name: &str) -> Result<Arc<Group>> {
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(group) = groups.get(name) {
+            return Ok(Arc::clone(group));
+        }
+        let client_id = format!("{}/{name}", self.device_id);
+        let state = GroupState::load(name, client_id, &self.db, self.options.engine.clone())?;
+        let group = Arc::new(Group {
+            name: name.to_owned(),
+            sync: tokio::sync::Mutex::new(()),
+            state: Mutex::new(state),
+        });
+        groups.insert(name.to_owned(), Arc::clone(&group));
+        Ok(group)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the group's state on a blocking thread.
+    async fn step<R: Send + 'static>(
+        group: &Arc<Group>,
+        f: impl FnOnce(&mut GroupState) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let group = Arc::clone(group);
+        tokio::task::spawn_blocking(move || f(&mut group.lock()))
+            .await
+            .map_err(task_error)?
+    }
+
+    async fn sync(&self, group: &Arc<Group>) -> Result<SyncReport> {
+        let _one_at_a_time = group.sync.lock().await;
+        Self::step(group, |state| {
+            let engine = state.engine()?;
+            if let Some(halt) = engine.status().halted {
+                return Err(Error::Halted(halt));
+            }
+            // Not halted: this only forgets the backoff.
+            engine.resume();
+            Ok(())
+        })
+        .await?;
+
+        let mut report = SyncReport::default();
+        let mut changed = BTreeSet::new();
+        let mut absorb = |report: &mut SyncReport, effects: Effects| {
+            changed.extend(effects.changed);
+            report.conflicts.extend(effects.conflicts);
+        };
+        let mut failure = None;
+
+        loop {
+            let now = self.now_ms();
+            let request =
+                Self::step(group, move |state| Ok(state.engine()?.next_push(now))).await?;
+            let Some(request) = request else { break };
+            report.pushes += 1;
+            let answer = self.transport.push(&request).await;
+            let failed = answer.as_ref().err().cloned();
+            let (now, jitter) = (self.now_ms(), jitter());
+            let effects = Self::step(group, move |state| {
+                state.change(|engine| {
+                    Ok(match answer {
+                        Ok(response) => engine.on_push_response(&request, response),
+                        Err(failure) => engine.on_push_error(&request, &failure, now, jitter),
+                    })
+                })
+            })
+            .await?;
+            absorb(&mut report, effects);
+            if failed.is_some() {
+                failure = failed;
+                break;
+            }
+        }
+
+        if failure.is_none() {
+            // At least one pull (something may have changed), then as long as
+            // the engine knows it is behind.
+            let mut first = true;
+            let mut resets = 0;
+            loop {
+                let now = self.now_ms();
+                let request = Self::step(group, move |state| {
+                    let engine = state.engine()?;
+                    Ok(if first || engine.wants_pull() {
+                        engine.next_pull(now)
+                    } else {
+                        None
+                    })
+                })
+                .await?;
+                let Some(request) = request else { break };
+                first = false;
+                report.pulls += 1;
+                let answer = self.transport.pull(&request).await;
+                let failed = answer.as_ref().err().cloned();
+                let (now, jitter) = (self.now_ms(), jitter());
+                let effects = Self::step(group, move |state| {
+                    state.change(|engine| {
+                        Ok(match answer {
+                            Ok(response) => engine.on_pull_response(&request, response),
+                            Err(failure) => engine.on_pull_error(&request, &failure, now, jitter),
+                        })
+                    })
+                })
+                .await?;
+                absorb(&mut report, effects);
+                match failed {
+                    None => {}
+                    // The engine starts over from the beginning: go on.
+                    Some(f) if f.kind() == FailureKind::CursorReset && resets < 3 => {
+                        resets += 1;
+                        first = true;
+                    }
+                    Some(f) => {
+                        failure = Some(f);
+                        break;
+                    }
+                }
+            }
+        }
+
+        report.changed = changed.into_iter().collect();
+        if let Some(callback) = &self.options.on_conflict {
+            for conflict in &report.conflicts {
+                callback(&group.name, conflict);
+            }
+        }
+        match failure {
+            Some(failure) => Err(Error::Sync(failure)),
+            None => Ok(report),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use atomsync_core::engine::testing::{FakeServer, SimServer};
+    use atomsync_core::engine::{Failure, FailureKind};
+    use atomsync_core::protocol::{PullRequest, PullResponse, PushRequest, PushResponse};
+
+    use super::*;
+
+    /// A transport to an in-memory model of the server, which can fail the
+    /// next requests and hold pushes until released.
+    #[derive(Clone, Default)]
+    struct FakeTransport {
+        server: Arc<Mutex<FakeServer>>,
+        failures: Arc<Mutex<Vec<Failure>>>,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+        pushes_served: Arc<AtomicUsize>,
+    }
+
+    impl FakeTransport {
+        fn fail_next(&self, failure: Failure) {
+            self.failures.lock().unwrap().push(failure);
+        }
+
+        fn failure(&self) -> Option<Failure> {
+            self.failures.lock().unwrap().pop()
+        }
+    }
+
+    impl Transport for FakeTransport {
+        async fn pull(&self, request: &PullRequest) -> Result<PullResponse, Failure> {
+            if let Some(failure) = self.failure() {
+                return Err(failure);
+            }
+            let answer = self.server.lock().unwrap().pull(request);
+            answer.map_err(Failure::Error)
+        }
+
+        async fn push(&self, request: &PushRequest) -> Result<PushResponse, Failure> {
+            if let Some(gate) = &self.gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            if let Some(failure) = self.failure() {
+                return Err(failure);
+            }
+            let answer = self.server.lock().unwrap().push(request);
+            self.pushes_served.fetch_add(1, Ordering::SeqCst);
+            answer.map_err(Failure::Error)
+        }
+    }
+
+    async fn client(
+        transport: &FakeTransport,
+        device: &str,
+        options: ClientOptions,
+    ) -> Client<FakeTransport> {
+        Client::with_transport(Location::Memory, transport.clone(), device, options)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_reported_to_the_callback_and_kept_until_taken() {
+        let transport = FakeTransport::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let options = ClientOptions::default().on_conflict(move |group, conflict| {
+            record
+                .lock()
+                .unwrap()
+                .push((group.to_owned(), conflict.key.clone()));
+        });
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        let b = client(&transport, "b", options).await;
+        a.set("g", "k", "from a").await.unwrap();
+        b.set("g", "k", "from b").await.unwrap();
+        a.sync("g").await.unwrap();
+        let report = b.sync("g").await.unwrap();
+        assert_eq!(report.conflicts.len(), 1);
+        assert_eq!(*seen.lock().unwrap(), [("g".to_owned(), "k".to_owned())]);
+        assert_eq!(
+            b.get::<String>("g", "k").await.unwrap().as_deref(),
+            Some("from a")
+        );
+        assert_eq!(b.conflicts("g").await.unwrap().len(), 1);
+        assert_eq!(b.take_conflicts("g").await.unwrap().len(), 1);
+        assert!(b.conflicts("g").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn client_wins_pushes_the_local_value_again() {
+        let transport = FakeTransport::default();
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        let b = client(
+            &transport,
+            "b",
+            ClientOptions::default().policy(ConflictPolicy::ClientWins),
+        )
+        .await;
+        a.set("g", "k", "from a").await.unwrap();
+        b.set("g", "k", "from b").await.unwrap();
+        a.sync("g").await.unwrap();
+        let report = b.sync("g").await.unwrap();
+        assert_eq!(report.pushes, 2, "{report:?}");
+        a.sync("g").await.unwrap();
+        for client in [&a, &b] {
+            assert_eq!(
+                client.get::<String>("g", "k").await.unwrap().as_deref(),
+                Some("from b")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn auth_failures_halt_until_resume() {
+        let transport = FakeTransport::default();
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        a.set("g", "k", &1).await.unwrap();
+        transport.fail_next(Failure::Status(401));
+        let error = a.sync("g").await.unwrap_err();
+        assert_eq!(error.failure().map(Failure::kind), Some(FailureKind::Auth));
+        let error = a.sync("g").await.unwrap_err();
+        assert!(matches!(error, Error::Halted(_)), "{error}");
+        // Local work goes on while halted.
+        a.set("g", "k", &2).await.unwrap();
+        assert_eq!(a.get::<i32>("g", "k").await.unwrap(), Some(2));
+        a.resume("g").await.unwrap();
+        a.sync("g").await.unwrap();
+        assert_eq!(a.status("g").await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn an_explicit_sync_does_not_wait_for_the_backoff() {
+        let transport = FakeTransport::default();
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        a.set("g", "k", &1).await.unwrap();
+        transport.fail_next(Failure::Unreachable);
+        assert!(matches!(
+            a.sync("g").await,
+            Err(Error::Sync(Failure::Unreachable))
+        ));
+        let status = a.status("g").await.unwrap();
+        assert_eq!((status.pending, status.failures), (1, 1));
+        assert!(status.ready_at.is_some());
+        a.sync("g").await.unwrap();
+        assert_eq!(a.status("g").await.unwrap().pending, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_whose_caller_gives_up_still_folds_its_answer_in() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let transport = FakeTransport {
+            gate: Some(Arc::clone(&gate)),
+            ..FakeTransport::default()
+        };
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        a.set("g", "k", "v").await.unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), a.sync("g")).await;
+        assert!(gave_up.is_err(), "the push is held");
+        // The push is answered after its caller left; the next sync waits
+        // for that one and finds nothing left to push.
+        gate.add_permits(100);
+        let report = a.sync("g").await.unwrap();
+        assert_eq!(report.pushes, 0, "{report:?}");
+        assert_eq!(transport.pushes_served.load(Ordering::SeqCst), 1);
+        assert_eq!(a.status("g").await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn invalid_names_are_errors_not_panics() {
+        let transport = FakeTransport::default();
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        let error = a.set("no spaces", "k", &1).await.unwrap_err();
+        assert!(matches!(error, Error::Engine(_)), "{error}");
+        let error = a.set("g", "", &1).await.unwrap_err();
+        assert!(matches!(error, Error::Engine(_)), "{error}");
+        a.set("g", "k", "text").await.unwrap();
+        let error = a.get::<u32>("g", "k").await.unwrap_err();
+        assert!(matches!(error, Error::Codec(_)), "{error}");
+        assert!(a.groups().await.unwrap() == ["g"]);
+        let opened =
+            Client::with_transport(Location::Memory, transport, "", ClientOptions::default()).await;
+        let Err(error) = opened else {
+            panic!("an empty device id is refused")
+        };
+        assert!(matches!(error, Error::Engine(_)), "{error}");
+    }
+}

@@ -1,0 +1,368 @@
+//! Drives the demo in headless Chromium through chromedriver (fantoccini).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
+}
+
+/// Where cargo puts build output.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                workspace_root().join(p)
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The demo server built by `cargo leptos build`, with its site directory.
+fn demo_build() -> (PathBuf, PathBuf) {
+    let bin = std::env::var_os("ATOMSYNC_DEMO_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug/demo"));
+    let site = std::env::var_os("ATOMSYNC_DEMO_SITE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/site"));
+    assert!(
+        bin.exists() && site.join("pkg").exists(),
+        "the demo is not built ({} / {}): run `cargo leptos build` first (scripts/test.sh does)",
+        bin.display(),
+        site.display()
+    );
+    (bin, site)
+}
+
+/// A running demo server on 127.0.0.1, stopped when dropped.
+pub struct Demo {
+    child: Option<Child>,
+    /// The server's port.
+    pub port: u16,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Starts the demo on an ephemeral port with a fresh database.
+    pub async fn start() -> Demo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("demo.db");
+        let mut demo = Demo {
+            child: None,
+            port: 0,
+            db,
+            _dir: dir,
+        };
+        demo.launch(0).await;
+        demo
+    }
+
+    async fn launch(&mut self, port: u16) {
+        let (bin, site) = demo_build();
+        let mut child = Command::new(bin)
+            .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
+            .env("LEPTOS_SITE_ROOT", &site)
+            .env("LEPTOS_SITE_PKG_DIR", "pkg")
+            .env("LEPTOS_OUTPUT_NAME", "demo")
+            .env("LEPTOS_ENV", "DEV")
+            .env("ATOMSYNC_DB", &self.db)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the demo server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    return addr.to_owned();
+                }
+            }
+            panic!("the demo exited before listening");
+        })
+        .await
+        .expect("the demo starts within 30 s");
+        self.port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the listening line");
+        // Keep draining stdout so the server never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    /// The app's URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL), as a crash or a lost network would.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts the server again on the same port and database.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let port = self.port;
+        // The port may take a moment to be free again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() || Instant::now() > deadline
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.launch(port).await;
+    }
+}
+
+/// A headless Chromium with its own profile, driven through its own
+/// chromedriver; both stop when dropped.
+pub struct Browser {
+    /// The WebDriver session.
+    pub client: Client,
+    driver_port: u16,
+    _driver: Child,
+    profile: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Browser {
+    /// Starts a fresh browser profile.
+    pub async fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new(
+            std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".to_owned()),
+        )
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromedriver (apt-get install chromium-driver)");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let caps = serde_json::json!({
+            "goog:loggingPrefs": { "browser": "ALL" },
+            "goog:chromeOptions": {
+                "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()),
+                "args": [
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }
+        });
+        let caps = caps.as_object().expect("object").clone();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("chromedriver session: {e}"),
+            }
+        };
+        Browser {
+            client,
+            driver_port: port,
+            _driver: driver,
+            profile,
+        }
+    }
+
+    /// Opens `url` and waits until the app has loaded its local data.
+    pub async fn open(&self, url: &str) {
+        self.client.goto(url).await.expect("navigate");
+        self.wait_ready().await;
+    }
+
+    /// Waits until the status bar says the local data is loaded.
+    pub async fn wait_ready(&self) {
+        self.wait_for("the app to load its local data", || async {
+            self.attr("#ready", "data-ready").await.as_deref() == Some("true")
+        })
+        .await;
+    }
+
+    /// An attribute of the first element matching `css`.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let el = self.client.find(Locator::Css(css)).await.ok()?;
+        el.attr(name).await.ok().flatten()
+    }
+
+    /// Runs JavaScript in the page and returns its value.
+    pub async fn js(&self, script: &str) -> serde_json::Value {
+        self.client
+            .execute(script, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Sets an input's value as typing would (fires `input`).
+    pub async fn fill(&self, css: &str, value: &str) {
+        let script = format!(
+            "const el = document.querySelector({css:?}); el.value = {value:?}; \
+             el.dispatchEvent(new Event('input', {{ bubbles: true }})); return true;"
+        );
+        self.js(&script).await;
+    }
+
+    /// Adds a todo through the form.
+    pub async fn add_todo(&self, title: &str, tags: &str, due: &str, weight: &str) {
+        self.fill("#new-title", title).await;
+        self.fill("#new-tags", tags).await;
+        self.fill("#new-due", due).await;
+        self.fill("#new-weight", weight).await;
+        self.client
+            .find(Locator::Css("#add"))
+            .await
+            .expect("add button")
+            .click()
+            .await
+            .expect("click add");
+    }
+
+    /// The titles of the listed todos.
+    pub async fn titles(&self) -> Vec<String> {
+        let value = self
+            .js("return [...document.querySelectorAll('#todos li .title')].map(e => e.textContent)")
+            .await;
+        serde_json::from_value(value).unwrap_or_default()
+    }
+
+    /// A todo's row as JSON: title, tags, due, weight bits.
+    pub async fn todo_row(&self, title: &str) -> Option<serde_json::Value> {
+        let script = format!(
+            "for (const li of document.querySelectorAll('#todos li')) {{ \
+               const t = li.querySelector('.title'); \
+               if (t && t.textContent === {title:?}) return {{ \
+                 key: li.dataset.key, \
+                 done: li.querySelector('.toggle').checked, \
+                 tags: [...li.querySelectorAll('.tag')].map(e => e.textContent), \
+                 due: li.querySelector('.due').textContent, \
+                 weightBits: li.querySelector('.weight').dataset.bits }}; }} \
+             return null;"
+        );
+        match self.js(&script).await {
+            serde_json::Value::Null => None,
+            row => Some(row),
+        }
+    }
+
+    /// Clicks the button `css` in the row of the todo titled `title`.
+    pub async fn click_in_row(&self, title: &str, css: &str) {
+        let script = format!(
+            "for (const li of document.querySelectorAll('#todos li')) {{ \
+               const t = li.querySelector('.title'); \
+               if (t && t.textContent === {title:?}) {{ li.querySelector({css:?}).click(); return true; }} }} \
+             return false;"
+        );
+        assert_eq!(
+            self.js(&script).await,
+            serde_json::json!(true),
+            "no row {title:?}"
+        );
+    }
+
+    /// The number of pending writes shown in the status bar.
+    pub async fn pending(&self) -> Option<usize> {
+        self.attr("#pending", "data-pending").await?.parse().ok()
+    }
+
+    /// Waits (up to 30 s) until `check` holds.
+    pub async fn wait_for<F, Fut>(&self, what: &str, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check().await {
+            if Instant::now() > deadline {
+                let body = self
+                    .js("return document.body ? document.body.innerText : ''")
+                    .await;
+                let console = self.console().await;
+                panic!("timed out waiting for {what}; page shows:\n{body}\nconsole: {console}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The browser console's messages since the last call (for diagnostics).
+    pub async fn console(&self) -> String {
+        use tokio::io::AsyncWriteExt;
+        let Ok(id) = self.client.session_id().await else {
+            return String::new();
+        };
+        let Some(id) = id else { return String::new() };
+        let body = r#"{"type":"browser"}"#;
+        let request = format!(
+            "POST /session/{id}/se/log HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.driver_port)).await
+        else {
+            return String::new();
+        };
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut response = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await;
+        response
+    }
+
+    /// Ends the session.
+    pub async fn close(self) {
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // A test that panics never closes its session, and killing
+        // chromedriver leaves Chromium running: stop this profile's processes.
+        let _ = std::process::Command::new("pkill")
+            .arg("-f")
+            .arg(format!("--user-data-dir={}", self.profile.path().display()))
+            .status();
+    }
+}
