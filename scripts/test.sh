@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Runs atomsync's whole test suite; installs what is missing first. Idempotent.
-# This is the README's test command and what .ci/run calls.
+# Runs atomsync's whole test suite, installing what is missing first
+# (wasm32 target, cargo-leptos, wasm-bindgen-cli, Chromium + chromedriver).
+# Idempotent. This is the README's test command and what .ci/run calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-  rustup target add wasm32-unknown-unknown
-fi
+ATOMSYNC_NEED_BROWSER=1 source scripts/setup.sh
 
 echo "== fmt"; cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
-echo "== tests"; cargo test --workspace --all-targets
+echo "== demo build (cargo leptos build: server + wasm)"; cargo leptos build
+echo "== tests (unit, property, simulation, end-to-end, browser)"
+cargo test --workspace --all-targets
 echo "== doc tests"; cargo test --workspace --doc
+echo "== IndexedDB adapter in headless Chromium (wasm-bindgen-test)"
+(cd atomsync-leptos &&
+  CHROMEDRIVER="$(command -v chromedriver)" \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p atomsync-leptos --features hydrate --target wasm32-unknown-unknown --test idb_wasm)
 echo "== wasm32 build of atomsync-core"
 cargo build -p atomsync-core --target wasm32-unknown-unknown
 echo "== fuzz target builds"

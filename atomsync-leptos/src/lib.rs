@@ -1,17 +1,66 @@
-//! Leptos integration of atomsync.
+//! Leptos integration of atomsync: [`use_synced_atom`], a signal over a
+//! group's documents that lives in IndexedDB, works offline and syncs with
+//! the server through Leptos server functions.
 //!
-//! For now this crate holds the server-function encoding [`SExpr`], which
-//! makes Leptos server functions speak the same S-expressions as the
-//! atomsync HTTP protocol.
+//! ## Usage
+//!
+//! ```ignore
+//! use atomsync_leptos::{provide_atomsync, use_synced_atom};
+//!
+//! #[component]
+//! fn App() -> impl IntoView {
+//!     provide_atomsync("my-app");
+//!     let todos = use_synced_atom::<Todo>("todo");
+//!     todos.insert("milk", Todo { title: "Buy milk".into(), done: false });
+//!     view! { <p>{move || todos.with(|t| t.len())} " todos"</p> }
+//! }
+//! ```
+//!
+//! On the server (feature `ssr`), give the server functions their store:
+//!
+//! ```ignore
+//! let service = atomsync_server::SyncService::new(store);
+//! let app = Router::new().leptos_routes_with_context(
+//!     &options, routes,
+//!     { let service = service.clone(); move || atomsync_leptos::provide_sync_service(service.clone()) },
+//!     move || shell(options.clone()),
+//! );
+//! ```
 //!
 //! ## Design
 //!
-//! The encoding lives here, not in `atomsync-core`, so the core stays free
-//! of Leptos and `server_fn`.
+//! Each atom drives one `atomsync_core::engine::Engine` (the sans-IO sync
+//! engine): writes go to the engine, whose storage batches are written to
+//! IndexedDB in one transaction per step, and a small loop hands the
+//! engine's push and pull requests to the server functions (or a standalone
+//! server's HTTP routes). The signal holds decoded values; only the keys an
+//! engine step reports as changed are decoded again.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod codec;
+mod docs;
+#[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+pub mod idb_store;
+mod options;
+pub mod server_fns;
+#[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+mod sync_loop;
+#[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+mod transport;
+mod use_synced_atom;
 
 pub use codec::{SExpr, SExprEncoding};
+pub use docs::Docs;
+pub use options::{ConflictCallback, Endpoint, ErrorCallback, UseSyncedAtomOptions};
+#[cfg(feature = "ssr")]
+pub use server_fns::provide_sync_service;
+pub use use_synced_atom::{
+    AtomStatus, AtomWriteGuard, AtomsyncContext, Document, SyncedAtom, provide_atomsync,
+    provide_atomsync_with_endpoint, use_synced_atom, use_synced_atom_with_options,
+};
+
+pub use atomsync_core::engine::{Conflict, ConflictPolicy};

@@ -1,0 +1,216 @@
+//! The browser side of a synced atom (wasm32 only): loading IndexedDB and
+//! the push/pull loop.
+
+use std::rc::{Rc, Weak};
+
+use atomsync_core::engine::{Engine, EngineOptions};
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use leptos::prelude::*;
+
+use crate::browser::{now_ms, random, random_id, sleep};
+use crate::idb_store::LocalDb;
+use crate::options::Endpoint;
+use crate::transport;
+use crate::use_synced_atom::Shared;
+
+/// Opens IndexedDB, restores the group's engine (or makes a new one) and
+/// installs it. Without IndexedDB the atom works in memory and says so.
+pub(crate) async fn load(app: &str, shared: &Rc<Shared>) {
+    let options = EngineOptions::default().policy(shared.options.policy.clone());
+    let mut restored = None;
+    match LocalDb::open(app).await {
+        Ok(db) => {
+            let db = Rc::new(db);
+            match db.load(&shared.group).await {
+                Ok((snapshot, problems)) => {
+                    for problem in problems {
+                        shared.report_error(problem);
+                    }
+                    if let Some(snapshot) = snapshot {
+                        match Engine::restore(snapshot) {
+                            Ok(engine) => restored = Some(engine),
+                            Err(e) => shared.report_error(format!("stored state unusable: {e}")),
+                        }
+                    }
+                    *shared.db.borrow_mut() = Some(db);
+                    shared.set_persistent(true);
+                }
+                Err(e) => shared.report_error(format!(
+                    "IndexedDB could not be read ({e}); working in memory only"
+                )),
+            }
+        }
+        Err(e) => shared.report_error(format!(
+            "IndexedDB is unavailable ({e}); working in memory only"
+        )),
+    }
+    let engine = match restored {
+        Some(engine) => engine,
+        None => match Engine::new(shared.group.clone(), format!("{app}-{}", random_id(12))) {
+            Ok(engine) => engine,
+            Err(e) => {
+                shared.report_error(e.to_string());
+                return;
+            }
+        },
+    };
+    shared.install(engine.with_options(options));
+}
+
+/// Pushes pending writes and pulls changes until the atom is disposed:
+/// right away after a write, every poll interval otherwise, backing off
+/// after failures.
+pub(crate) async fn run(shared: Weak<Shared>, mut wakes: UnboundedReceiver<()>) {
+    // Dropped (and closed) when the loop ends.
+    let _events = shared.upgrade().and_then(|shared| Events::open(&shared));
+    loop {
+        let wait = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if shared.endpoint == Endpoint::None || shared.engine.borrow().is_none() {
+                return;
+            }
+            step(&shared).await;
+            let now = now_ms();
+            let poll = u64::from(shared.options.poll_interval_ms);
+            // Back off after failures; otherwise poll.
+            let ready_at = shared.engine.borrow().as_ref().and_then(Engine::ready_at);
+            match ready_at {
+                Some(at) if at > now => at - now,
+                _ => poll,
+            }
+        };
+        let timer = Box::pin(sleep(wait.min(u64::from(u32::MAX)) as u32));
+        if let futures::future::Either::Right((None, _)) =
+            futures::future::select(timer, wakes.next()).await
+        {
+            return;
+        }
+        // Coalesce a burst of writes into one push.
+        while let Ok(()) = wakes.try_recv() {}
+    }
+}
+
+async fn step(shared: &Rc<Shared>) {
+    let token = shared.options.token.get_untracked();
+    shared.set_syncing(true);
+    // Push every pending change, then pull until caught up.
+    loop {
+        let request = match shared.engine.borrow_mut().as_mut() {
+            Some(engine) => engine.next_push(now_ms()),
+            None => None,
+        };
+        let Some(request) = request else { break };
+        let result = transport::push(&shared.endpoint, token.clone(), request.clone()).await;
+        let ok = result.is_ok();
+        let effects = {
+            let mut engine = shared.engine.borrow_mut();
+            let Some(engine) = engine.as_mut() else {
+                return;
+            };
+            match result {
+                Ok(response) => engine.on_push_response(&request, response),
+                Err(failure) => {
+                    shared.set_online(!matches!(
+                        failure,
+                        atomsync_core::engine::Failure::Unreachable
+                    ));
+                    shared.report_error(format!("push failed: {failure}"));
+                    engine.on_push_error(&request, &failure, now_ms(), random())
+                }
+            }
+        };
+        shared.handle(effects).await;
+        if !ok {
+            shared.set_syncing(false);
+            return;
+        }
+        shared.synced(now_ms());
+    }
+    loop {
+        let request = match shared.engine.borrow_mut().as_mut() {
+            Some(engine) => engine.next_pull(now_ms()),
+            None => None,
+        };
+        let Some(request) = request else { break };
+        let result = transport::pull(&shared.endpoint, token.clone(), request.clone()).await;
+        let ok = result.is_ok();
+        let effects = {
+            let mut engine = shared.engine.borrow_mut();
+            let Some(engine) = engine.as_mut() else {
+                return;
+            };
+            match result {
+                Ok(response) => engine.on_pull_response(&request, response),
+                Err(failure) => {
+                    shared.set_online(!matches!(
+                        failure,
+                        atomsync_core::engine::Failure::Unreachable
+                    ));
+                    shared.report_error(format!("pull failed: {failure}"));
+                    engine.on_pull_error(&request, &failure, now_ms(), random())
+                }
+            }
+        };
+        shared.handle(effects).await;
+        if !ok {
+            break;
+        }
+        shared.synced(now_ms());
+        let more = shared
+            .engine
+            .borrow()
+            .as_ref()
+            .is_some_and(|e| e.wants_pull() || e.wants_push());
+        if !more {
+            break;
+        }
+    }
+    shared.set_syncing(false);
+}
+
+/// The server's event stream: every announced change wakes the loop, which
+/// then pulls. `EventSource` reconnects by itself; polling goes on meanwhile.
+struct Events {
+    source: web_sys::EventSource,
+    _on_cursor: wasm_bindgen::closure::Closure<dyn FnMut(web_sys::MessageEvent)>,
+}
+
+impl Events {
+    fn open(shared: &Shared) -> Option<Events> {
+        use wasm_bindgen::JsCast;
+        if !shared.options.live || shared.options.token.get_untracked().is_some() {
+            return None;
+        }
+        let base = match (&shared.options.events_url, &shared.endpoint) {
+            (Some(url), _) => url.clone(),
+            (None, Endpoint::ServerFunctions) => "/atomsync/events".to_owned(),
+            (None, Endpoint::Url(url)) => format!("{}/events", url.strip_suffix("/sync")?),
+            (None, Endpoint::None) => return None,
+        };
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let source =
+            web_sys::EventSource::new(&format!("{base}{sep}group={}", shared.group)).ok()?;
+        let wake = shared.wake.borrow().clone()?;
+        let on_cursor = wasm_bindgen::closure::Closure::<dyn FnMut(web_sys::MessageEvent)>::new(
+            move |_event: web_sys::MessageEvent| {
+                let _ = wake.unbounded_send(());
+            },
+        );
+        source
+            .add_event_listener_with_callback("cursor", on_cursor.as_ref().unchecked_ref())
+            .ok()?;
+        Some(Events {
+            source,
+            _on_cursor: on_cursor,
+        })
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.source.close();
+    }
+}

@@ -1,0 +1,139 @@
+//! The IndexedDB storage adapter in a real browser (headless Chromium via
+//! wasm-bindgen-test-runner; see scripts/test.sh).
+
+#![cfg(target_arch = "wasm32")]
+
+use std::collections::BTreeMap;
+
+use atomsync_core::engine::{Batch, Engine, Meta, PendingChange, StoredDoc};
+use atomsync_core::protocol::Cursor;
+use atomsync_core::sexpr::Raw;
+use atomsync_leptos::browser::random_id;
+use atomsync_leptos::idb_store::{LocalDb, SCHEMA_VERSION};
+use wasm_bindgen::JsValue;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn meta(group: &str) -> Meta {
+    Meta {
+        group: group.to_owned(),
+        client_id: "device/todo".to_owned(),
+        cursor: Some(Cursor {
+            epoch: "e1".to_owned(),
+            seq: 7,
+        }),
+        resyncing: false,
+        next_mutation: 3,
+        next_conflict: 1,
+    }
+}
+
+fn raw(text: &str) -> Raw {
+    Raw::from_text(text).unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn batches_persist_and_load_back_exactly() {
+    let app = format!("test-{}", random_id(6));
+    let db = LocalDb::open(&app).await.unwrap();
+    let (nothing, problems) = db.load("todo").await.unwrap();
+    assert!(nothing.is_none() && problems.is_empty());
+
+    let mut batch = Batch {
+        meta: Some(meta("todo")),
+        ..Batch::default()
+    };
+    let doc = StoredDoc {
+        value: Some(raw(
+            "((title . \"milk\") (tags . #(\"a\" \"b\")) (w . 5e-324))",
+        )),
+        version: 2,
+        epoch: None,
+    };
+    batch.docs.insert("k1".to_owned(), Some(doc.clone()));
+    batch.docs.insert("gone".to_owned(), Some(doc.clone()));
+    let change = PendingChange {
+        mutation: 2,
+        key: "k2".to_owned(),
+        base_version: 0,
+        value: Some(raw("(x . -0.0)")),
+    };
+    batch.pending.insert(2, Some(change.clone()));
+    db.apply("todo", &batch).unwrap().await.unwrap();
+
+    // Another group in the same database stays apart.
+    let mut other = Batch {
+        meta: Some(meta("settings")),
+        ..Batch::default()
+    };
+    other.docs.insert("k1".to_owned(), Some(doc.clone()));
+    db.apply("settings", &other).unwrap().await.unwrap();
+
+    // Removals.
+    let mut removal = Batch::default();
+    removal.docs.insert("gone".to_owned(), None);
+    db.apply("todo", &removal).unwrap().await.unwrap();
+
+    let (snapshot, problems) = db.load("todo").await.unwrap();
+    let snapshot = snapshot.expect("stored");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(snapshot.meta, meta("todo"));
+    assert_eq!(snapshot.docs, BTreeMap::from([("k1".to_owned(), doc)]));
+    assert_eq!(snapshot.pending, BTreeMap::from([(2, change)]));
+    // The snapshot restores an engine that shows the pending write.
+    let engine = Engine::restore(snapshot).unwrap();
+    assert_eq!(engine.pending_len(), 1);
+    assert_eq!(engine.get("k2").map(Raw::as_str), Some("(x . -0.0)"));
+}
+
+#[wasm_bindgen_test]
+async fn bad_records_are_reported_and_kept() {
+    let app = format!("test-{}", random_id(6));
+    let db = LocalDb::open(&app).await.unwrap();
+    let mut batch = Batch {
+        meta: Some(meta("todo")),
+        ..Batch::default()
+    };
+    batch.docs.insert(
+        "ok".to_owned(),
+        Some(StoredDoc {
+            value: Some(raw("1")),
+            version: 1,
+            epoch: None,
+        }),
+    );
+    db.apply("todo", &batch).unwrap().await.unwrap();
+    drop(db);
+
+    // Corrupt records written behind the adapter's back.
+    let script = format!(
+        "return new Promise((resolve, reject) => {{ \
+           const open = indexedDB.open('atomsync:{app}'); \
+           open.onsuccess = () => {{ \
+             const tx = open.result.transaction('docs', 'readwrite'); \
+             tx.objectStore('docs').put(42, ['todo', 'number']); \
+             tx.objectStore('docs').put('(unbalanced', ['todo', 'text']); \
+             tx.oncomplete = () => {{ open.result.close(); resolve(true); }}; \
+             tx.onerror = () => reject(tx.error); }}; }})"
+    );
+    let promise: js_sys::Promise = js_sys::Function::new_no_args(&script)
+        .call0(&JsValue::NULL)
+        .unwrap()
+        .into();
+    wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
+
+    let db = LocalDb::open(&app).await.unwrap();
+    let (snapshot, problems) = db.load("todo").await.unwrap();
+    let snapshot = snapshot.unwrap();
+    assert_eq!(snapshot.docs.len(), 1, "the good record loads");
+    assert_eq!(
+        problems.len(),
+        2,
+        "both bad records are reported: {problems:?}"
+    );
+    // Nothing was deleted: loading again reports them again.
+    let (_, again) = db.load("todo").await.unwrap();
+    assert_eq!(again.len(), 2);
+    assert_eq!(SCHEMA_VERSION, 1);
+}

@@ -1,0 +1,47 @@
+//! The demo's server: the Leptos app, atomsync's server functions and its
+//! plain HTTP routes, with the data in an SQLite file.
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use atomsync_server::{Store, StoreOptions, SyncService};
+    use axum::Router;
+    use demo::app::{App, shell};
+    use leptos::prelude::*;
+    use leptos_axum::{LeptosRoutes, generate_route_list};
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    let conf = get_configuration(None)?;
+    let leptos_options = conf.leptos_options;
+    let db = std::env::var("ATOMSYNC_DB").unwrap_or_else(|_| "atomsync-demo.db".to_owned());
+    let service = SyncService::new(Store::open(&db, StoreOptions::default())?);
+
+    let routes = generate_route_list(App);
+    let context = {
+        let service = service.clone();
+        move || atomsync_leptos::provide_sync_service(service.clone())
+    };
+    let app = Router::new()
+        .leptos_routes_with_context(&leptos_options, routes, context, {
+            let options = leptos_options.clone();
+            move || shell(options.clone())
+        })
+        // The plain HTTP protocol too, for clients that are not this app.
+        .nest("/atomsync", atomsync_server::router(service))
+        .fallback(leptos_axum::file_and_error_handler(shell))
+        .with_state(leptos_options.clone());
+
+    let listener = tokio::net::TcpListener::bind(&leptos_options.site_addr).await?;
+    // Tests read this line to find the port when site_addr ends in `:0`.
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

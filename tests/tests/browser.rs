@@ -1,0 +1,133 @@
+//! The demo in headless Chromium: IndexedDB persistence, two profiles
+//! converging, offline edits, and rich values end to end.
+
+use atomsync_tests::browser::{Browser, Demo};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_todos_survive_a_reload() {
+    let demo = Demo::start().await;
+    let browser = Browser::start().await;
+    browser.open(&demo.url()).await;
+    browser.add_todo("Buy milk", "home", "", "1").await;
+    browser
+        .wait_for("the todo to be listed", || async {
+            browser.titles().await == ["Buy milk"]
+        })
+        .await;
+    browser.client.refresh().await.expect("reload");
+    browser.wait_ready().await;
+    assert_eq!(browser.titles().await, ["Buy milk"]);
+    // It is in IndexedDB, not only on the server.
+    let stored = browser
+        .js("return await new Promise((resolve, reject) => { \
+               const open = indexedDB.open('atomsync:atomsync-demo'); \
+               open.onerror = () => reject(open.error); \
+               open.onsuccess = () => { \
+                 const tx = open.result.transaction('docs'); \
+                 const all = tx.objectStore('docs').getAll(); \
+                 all.onsuccess = () => resolve(all.result); \
+                 all.onerror = () => reject(all.error); }; })")
+        .await;
+    let records: Vec<String> = serde_json::from_value(stored).expect("string records");
+    assert!(
+        records.iter().any(|r| r.contains("\"Buy milk\"")),
+        "IndexedDB holds the todo as S-expression text: {records:?}"
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_profiles_converge_and_a_delete_reaches_the_other() {
+    let demo = Demo::start().await;
+    let (a, b) = (Browser::start().await, Browser::start().await);
+    a.open(&demo.url()).await;
+    b.open(&demo.url()).await;
+    a.add_todo("Shared", "", "", "1").await;
+    b.wait_for("b to see a's todo", || async {
+        b.titles().await == ["Shared"]
+    })
+    .await;
+    // Same key on both sides: b toggles, a sees it.
+    let key_a = a.todo_row("Shared").await.expect("row")["key"].clone();
+    let key_b = b.todo_row("Shared").await.expect("row")["key"].clone();
+    assert_eq!(key_a, key_b);
+    b.click_in_row("Shared", ".toggle").await;
+    a.wait_for("a to see b's toggle", || async {
+        a.todo_row("Shared")
+            .await
+            .is_some_and(|r| r["done"] == true)
+    })
+    .await;
+    b.click_in_row("Shared", ".delete").await;
+    a.wait_for("a to see b's delete", || async {
+        a.titles().await.is_empty()
+    })
+    .await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_survive_a_reload_and_arrive_after_the_server_restarts() {
+    let mut demo = Demo::start().await;
+    let (a, b) = (Browser::start().await, Browser::start().await);
+    a.open(&demo.url()).await;
+    b.open(&demo.url()).await;
+
+    demo.stop().await;
+    a.add_todo("Written offline", "", "", "1").await;
+    a.add_todo("Also offline", "", "", "1").await;
+    a.wait_for("both offline writes to be pending", || async {
+        a.pending().await == Some(2)
+    })
+    .await;
+    // Reloading while the server is down loses nothing: the page cannot even
+    // load, but the writes are in IndexedDB.
+    let _ = a.client.refresh().await;
+
+    demo.restart().await;
+    a.open(&demo.url()).await;
+    a.wait_for("the offline writes to be pushed", || async {
+        a.pending().await == Some(0)
+    })
+    .await;
+    b.wait_for("b to receive the offline writes", || async {
+        let mut titles = b.titles().await;
+        titles.sort();
+        titles == ["Also offline", "Written offline"]
+    })
+    .await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rich_values_survive_indexeddb_and_the_wire() {
+    let demo = Demo::start().await;
+    let (a, b) = (Browser::start().await, Browser::start().await);
+    a.open(&demo.url()).await;
+    b.open(&demo.url()).await;
+    a.add_todo("Rich", "zeta, alpha zeta", "2026-12-24", "5e-324")
+        .await;
+    let expected_bits = 5e-324f64.to_bits().to_string();
+    let check = |row: serde_json::Value| {
+        assert_eq!(
+            row["tags"],
+            serde_json::json!(["alpha", "zeta"]),
+            "a set, sorted"
+        );
+        assert_eq!(row["due"], "2026-12-24");
+        assert_eq!(row["weightBits"], expected_bits.as_str());
+    };
+    b.wait_for("b to receive the rich todo", || async {
+        b.todo_row("Rich").await.is_some()
+    })
+    .await;
+    check(b.todo_row("Rich").await.expect("row"));
+    // And from IndexedDB after a reload.
+    b.client.refresh().await.expect("reload");
+    b.wait_ready().await;
+    check(b.todo_row("Rich").await.expect("row after reload"));
+    a.close().await;
+    b.close().await;
+}
