@@ -8,6 +8,7 @@ ATOMSYNC_NEED_BROWSER=1 source scripts/setup.sh
 
 echo "== fmt"; cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p atomsync-leptos --features hydrate --target wasm32-unknown-unknown --all-targets -- -D warnings
 echo "== demo build (cargo leptos build: server + wasm)"; cargo leptos build
 echo "== tests (unit, property, simulation, end-to-end, browser)"
 cargo test --workspace --all-targets

@@ -3,7 +3,7 @@
 
 use std::rc::{Rc, Weak};
 
-use atomsync_core::engine::{Engine, EngineOptions};
+use atomsync_core::engine::{Effects, Engine, EngineOptions, Failure};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use leptos::prelude::*;
@@ -93,82 +93,87 @@ pub(crate) async fn run(shared: Weak<Shared>, mut wakes: UnboundedReceiver<()>) 
     }
 }
 
+/// Pushes every pending change, then pulls until caught up; again if writes
+/// came in meanwhile (a few rounds at most, then the next wake or tick).
 async fn step(shared: &Rc<Shared>) {
     let token = shared.options.token.get_untracked();
     shared.set_syncing(true);
-    // Push every pending change, then pull until caught up.
-    loop {
-        let request = match shared.engine.borrow_mut().as_mut() {
-            Some(engine) => engine.next_push(now_ms()),
-            None => None,
-        };
-        let Some(request) = request else { break };
-        let result = transport::push(&shared.endpoint, token.clone(), request.clone()).await;
-        let ok = result.is_ok();
-        let effects = {
-            let mut engine = shared.engine.borrow_mut();
-            let Some(engine) = engine.as_mut() else {
-                return;
-            };
-            match result {
-                Ok(response) => engine.on_push_response(&request, response),
-                Err(failure) => {
-                    shared.set_online(!matches!(
-                        failure,
-                        atomsync_core::engine::Failure::Unreachable
-                    ));
-                    shared.report_error(format!("push failed: {failure}"));
-                    engine.on_push_error(&request, &failure, now_ms(), random())
-                }
+    'rounds: for _ in 0..4 {
+        while let Some(request) = next_request(shared, Engine::next_push) {
+            let result = transport::push(&shared.endpoint, token.clone(), request.clone()).await;
+            let settled = settle(
+                shared,
+                "push",
+                result,
+                |engine, response| engine.on_push_response(&request, response),
+                |engine, failure| engine.on_push_error(&request, failure, now_ms(), random()),
+            );
+            if !settled.await {
+                break 'rounds;
             }
-        };
-        shared.handle(effects).await;
-        if !ok {
-            shared.set_syncing(false);
-            return;
         }
-        shared.synced(now_ms());
-    }
-    loop {
-        let request = match shared.engine.borrow_mut().as_mut() {
-            Some(engine) => engine.next_pull(now_ms()),
-            None => None,
-        };
-        let Some(request) = request else { break };
-        let result = transport::pull(&shared.endpoint, token.clone(), request.clone()).await;
-        let ok = result.is_ok();
-        let effects = {
-            let mut engine = shared.engine.borrow_mut();
-            let Some(engine) = engine.as_mut() else {
-                return;
-            };
-            match result {
-                Ok(response) => engine.on_pull_response(&request, response),
-                Err(failure) => {
-                    shared.set_online(!matches!(
-                        failure,
-                        atomsync_core::engine::Failure::Unreachable
-                    ));
-                    shared.report_error(format!("pull failed: {failure}"));
-                    engine.on_pull_error(&request, &failure, now_ms(), random())
-                }
+        while let Some(request) = next_request(shared, Engine::next_pull) {
+            let result = transport::pull(&shared.endpoint, token.clone(), request.clone()).await;
+            let settled = settle(
+                shared,
+                "pull",
+                result,
+                |engine, response| engine.on_pull_response(&request, response),
+                |engine, failure| engine.on_pull_error(&request, failure, now_ms(), random()),
+            );
+            if !settled.await {
+                break 'rounds;
             }
-        };
-        shared.handle(effects).await;
-        if !ok {
-            break;
+            if !wants(shared, Engine::wants_pull) {
+                break;
+            }
         }
-        shared.synced(now_ms());
-        let more = shared
-            .engine
-            .borrow()
-            .as_ref()
-            .is_some_and(|e| e.wants_pull() || e.wants_push());
-        if !more {
+        if !wants(shared, Engine::wants_push) {
             break;
         }
     }
     shared.set_syncing(false);
+}
+
+fn next_request<R>(shared: &Shared, next: impl FnOnce(&mut Engine, u64) -> Option<R>) -> Option<R> {
+    let mut engine = shared.engine.borrow_mut();
+    next(engine.as_mut()?, now_ms())
+}
+
+fn wants(shared: &Shared, wants: impl FnOnce(&Engine) -> bool) -> bool {
+    shared.engine.borrow().as_ref().is_some_and(wants)
+}
+
+/// Folds a server answer (or failure) into the engine, persists and
+/// publishes the result. Returns whether the request succeeded.
+async fn settle<R>(
+    shared: &Shared,
+    what: &str,
+    result: Result<R, Failure>,
+    on_answer: impl FnOnce(&mut Engine, R) -> Effects,
+    on_failure: impl FnOnce(&mut Engine, &Failure) -> Effects,
+) -> bool {
+    let failure = result.as_ref().err().cloned();
+    let effects = {
+        let mut engine = shared.engine.borrow_mut();
+        let Some(engine) = engine.as_mut() else {
+            return false;
+        };
+        match result {
+            Ok(answer) => on_answer(engine, answer),
+            Err(failure) => on_failure(engine, &failure),
+        }
+    };
+    // Callbacks run with the engine released: they may write to the atom.
+    match &failure {
+        Some(failure) => {
+            shared.set_online(!matches!(failure, Failure::Unreachable));
+            shared.report_error(format!("{what} failed: {failure}"));
+        }
+        None => shared.synced(now_ms()),
+    }
+    shared.handle(effects).await;
+    failure.is_none()
 }
 
 /// The server's event stream: every announced change wakes the loop, which

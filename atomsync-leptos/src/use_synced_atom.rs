@@ -236,10 +236,10 @@ impl Shared {
             fail(e);
         }
         async move {
-            if let Some(Ok(done)) = pending {
-                if let Err(e) = done.await {
-                    fail(e);
-                }
+            if let Some(Ok(done)) = pending
+                && let Err(e) = done.await
+            {
+                fail(e);
             }
         }
     }
