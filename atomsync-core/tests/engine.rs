@@ -930,3 +930,29 @@ fn batches_replay_to_the_snapshot() {
     assert_eq!(storage.snapshot(), Some(&a.engine.snapshot()));
     assert_eq!(a.engine.status().conflicts, 5);
 }
+
+#[test]
+fn merged_effects_persist_as_the_steps_in_order() {
+    let mut server = FakeServer::new();
+    let mut engine = Engine::new(GROUP, "a/todo").unwrap();
+    let (mut one_by_one, mut merged) = (MemoryStorage::default(), MemoryStorage::default());
+    let mut all = Effects::default();
+    let mut step = |effects: Effects, all: &mut Effects| {
+        one_by_one.apply(&effects.batch).unwrap();
+        all.merge(effects);
+    };
+    // Out of key order, a key written twice, a delete, and a push in between
+    // (so a later step removes a queue entry an earlier one added).
+    step(engine.set("b", raw("1")).unwrap(), &mut all);
+    step(engine.set("a", raw("2")).unwrap(), &mut all);
+    let request = engine.next_push(0).unwrap();
+    let response = server.push(&request).unwrap();
+    step(engine.on_push_response(&request, response), &mut all);
+    step(engine.set("c", raw("3")).unwrap(), &mut all);
+    step(engine.set("b", raw("4")).unwrap(), &mut all);
+    step(engine.delete("c").unwrap(), &mut all);
+    merged.apply(&all.batch).unwrap();
+    assert_eq!(merged.snapshot(), one_by_one.snapshot());
+    assert_eq!(merged.snapshot(), Some(&engine.snapshot()));
+    assert_eq!(all.changed, ["a", "b", "c"], "in key order, once each");
+}

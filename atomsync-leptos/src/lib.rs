@@ -59,8 +59,9 @@ pub use options::{ConflictCallback, Endpoint, ErrorCallback, UseSyncedAtomOption
 #[cfg(feature = "ssr")]
 pub use server_fns::provide_sync_service;
 pub use use_synced_atom::{
-    AtomStatus, AtomWriteGuard, AtomsyncContext, Document, SyncedAtom, provide_atomsync,
-    provide_atomsync_with_endpoint, use_synced_atom, use_synced_atom_with_options,
+    AtomStatus, AtomWriteGuard, AtomsyncContext, Document, InitialDocs, SyncedAtom,
+    provide_atomsync, provide_atomsync_with_endpoint, use_synced_atom,
+    use_synced_atom_with_options,
 };
 
 pub use atomsync_core::engine::{Conflict, ConflictPolicy};

@@ -42,6 +42,10 @@ pub struct UseSyncedAtomOptions {
     /// `Authorization` header with `EventSource`, so with a token the atom
     /// polls instead.
     pub live: bool,
+    /// Render the group's current server documents during SSR, so the first
+    /// paint already shows them (readers must sit inside a `<Suspense/>` or
+    /// `<Transition/>`). Default: on.
+    pub server_render: bool,
     /// Where the event stream is. Default: `/atomsync/events` for the server
     /// functions (mount `atomsync_server::router` at `/atomsync`), and the
     /// `/events` next to `/sync` for a standalone server URL.
@@ -62,6 +66,7 @@ impl Default for UseSyncedAtomOptions {
             token: Signal::stored(None),
             poll_interval_ms: 2000,
             live: true,
+            server_render: true,
             events_url: None,
             policy: ConflictPolicy::default(),
             on_conflict: None,
@@ -113,6 +118,12 @@ impl UseSyncedAtomOptions {
     /// Sets where the server-sent event stream is (without the `group` query).
     pub fn events_url(mut self, url: impl Into<String>) -> Self {
         self.events_url = Some(url.into());
+        self
+    }
+
+    /// Turns server rendering of the group's documents on or off.
+    pub fn server_render(mut self, on: bool) -> Self {
+        self.server_render = on;
         self
     }
 

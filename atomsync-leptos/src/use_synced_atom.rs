@@ -19,9 +19,30 @@ use crate::docs::Docs;
 use crate::options::{Endpoint, UseSyncedAtomOptions};
 
 /// The bounds of a document type: any serde type that can be cloned and
-/// compared.
+/// compared. With the `ssr` feature it must also be `Send + Sync`, because
+/// server rendering may finish a page on another thread.
+#[cfg(not(feature = "ssr"))]
 pub trait Document: Serialize + DeserializeOwned + Clone + PartialEq + 'static {}
+#[cfg(not(feature = "ssr"))]
 impl<T: Serialize + DeserializeOwned + Clone + PartialEq + 'static> Document for T {}
+
+/// The bounds of a document type: any serde type that can be cloned and
+/// compared. With the `ssr` feature it must also be `Send + Sync`, because
+/// server rendering may finish a page on another thread.
+#[cfg(feature = "ssr")]
+pub trait Document:
+    Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync + 'static
+{
+}
+#[cfg(feature = "ssr")]
+impl<T: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync + 'static> Document for T {}
+
+/// Where the documents of an atom live: thread-local in the browser (any `T`
+/// works), thread-safe on the server (rendering may move between threads).
+#[cfg(not(feature = "ssr"))]
+type DocsStorage = LocalStorage;
+#[cfg(feature = "ssr")]
+type DocsStorage = SyncStorage;
 
 /// The app-wide atomsync settings provided by [`provide_atomsync`].
 #[derive(Debug, Clone)]
@@ -120,6 +141,9 @@ fn status_signals() -> (AtomStatus, StatusWriters) {
     )
 }
 
+/// The keys currently in the atom's signal.
+type KeysFn = Box<dyn Fn() -> Vec<String>>;
+
 /// Decodes the given keys from the engine into the atom's signal.
 type Publish = Box<dyn Fn(&Engine, &[String])>;
 
@@ -141,6 +165,8 @@ pub(crate) struct Shared {
     pub(crate) wake: RefCell<Option<futures::channel::mpsc::UnboundedSender<()>>>,
     /// Decodes the given keys from the engine into the signal.
     publish: RefCell<Option<Publish>>,
+    /// The keys currently in the signal.
+    rendered_keys: RefCell<Option<KeysFn>>,
 }
 
 #[cfg_attr(
@@ -256,16 +282,28 @@ impl Shared {
         let keys: Vec<String> = {
             let engine = self.engine.borrow();
             let engine = engine.as_ref().expect("just installed");
-            engine.documents().map(|(k, _)| k.to_owned()).collect()
+            let mut keys: Vec<String> = engine.documents().map(|(k, _)| k.to_owned()).collect();
+            // Server-rendered keys the local data knows better (deleted
+            // locally, say) follow the local data; keys it has never seen
+            // stay as rendered until the next pull.
+            if let Some(known) = &*self.rendered_keys.borrow() {
+                keys.extend(
+                    known()
+                        .into_iter()
+                        .filter(|k| engine.confirmed(k).is_some() || engine.is_pending(k)),
+                );
+            }
+            keys.sort();
+            keys.dedup();
+            keys
         };
         if let (Some(engine), Some(publish)) = (&*self.engine.borrow(), &*self.publish.borrow()) {
             // Keys written before loading keep their local value below.
             publish(engine, &keys);
         }
         let early = std::mem::take(&mut *self.preload.borrow_mut());
-        for (key, value) in early {
-            self.write_raw(key, value);
-        }
+        // Publish them again: the signal shows the stored values by now.
+        self.write_raw(early, true);
         if let Some(engine) = &*self.engine.borrow() {
             self.status.pending.set(engine.pending_len());
             self.status
@@ -275,31 +313,45 @@ impl Shared {
         self.status.ready.set(true);
     }
 
-    /// Applies one local write to the engine (or queues it until loaded).
-    fn write_raw(&self, key: String, value: Option<Raw>) {
-        let result = {
+    /// Applies local writes to the engine (or queues them until loaded) as
+    /// one step: their documents and queue entries reach IndexedDB in one
+    /// transaction, however many there are. With `republish` false the
+    /// signal is known to hold the written values already (they were encoded
+    /// from it), so they are not decoded back into it.
+    fn write_raw(&self, writes: Vec<(String, Option<Raw>)>, republish: bool) {
+        let mut effects: Option<Effects> = None;
+        let mut refused = Vec::new();
+        {
             let mut engine = self.engine.borrow_mut();
             let Some(engine) = engine.as_mut() else {
-                self.preload.borrow_mut().push((key, value));
+                self.preload.borrow_mut().extend(writes);
                 return;
             };
-            if engine.get(&key) == value.as_ref() {
-                return;
+            for (key, value) in writes {
+                if engine.get(&key) == value.as_ref() {
+                    continue;
+                }
+                let result = match value {
+                    Some(value) => engine.set(key.clone(), value),
+                    None => engine.delete(key.clone()),
+                };
+                match (result, &mut effects) {
+                    (Ok(step), Some(all)) => all.merge(step),
+                    (Ok(step), None) => effects = Some(step),
+                    (Err(e), _) => refused.push(format!("write of {key:?} refused: {e}")),
+                }
             }
-            match value {
-                Some(value) => engine.set(key.clone(), value),
-                None => engine.delete(key.clone()),
-            }
-        };
-        let effects = match result {
-            Ok(effects) => effects,
-            Err(e) => {
-                self.report_error(format!("write of {key:?} refused: {e}"));
-                return;
-            }
-        };
-        // The write and its queue entry go to IndexedDB in one transaction,
-        // created now; its completion is awaited in the background.
+        }
+        for message in refused {
+            self.report_error(message);
+        }
+        let Some(mut effects) = effects else { return };
+        if !republish {
+            effects.changed.clear();
+        }
+        // The writes and their queue entries go to IndexedDB in one
+        // transaction, created now; its completion is awaited in the
+        // background.
         let done = self.handle(effects);
         spawn_detached(done);
         self.wake();
@@ -326,8 +378,14 @@ fn spawn_detached(f: impl Future<Output = ()> + 'static) {
 /// right away. Per-key helpers: [`insert`](Self::insert),
 /// [`remove`](Self::remove), [`update_key`](Self::update_key).
 pub struct SyncedAtom<T: 'static> {
-    docs: RwSignal<Docs<T>, LocalStorage>,
-    shared: StoredValue<Rc<Shared>, LocalStorage>,
+    docs: RwSignal<Docs<T>, DocsStorage>,
+    /// The group's documents as the server had them when it rendered the
+    /// page (see [`UseSyncedAtomOptions::server_render`]).
+    initial: Option<Resource<InitialDocs>>,
+    /// The sync machinery; `None` during server rendering, which does no IO.
+    shared: Option<StoredValue<Rc<Shared>, LocalStorage>>,
+    group: StoredValue<String>,
+    initial_merged: StoredValue<bool>,
     status: AtomStatus,
 }
 
@@ -376,12 +434,13 @@ impl<T: Document> SyncedAtom<T> {
 
     /// The group's name.
     pub fn group(&self) -> String {
-        self.shared.with_value(|s| s.group.clone())
+        self.group.get_value()
     }
 
     /// Dismisses the reported conflicts.
     pub fn clear_conflicts(&self) {
-        self.shared.with_value(|shared| {
+        let Some(shared) = self.shared else { return };
+        shared.with_value(|shared| {
             let effects = shared
                 .engine
                 .borrow_mut()
@@ -396,57 +455,112 @@ impl<T: Document> SyncedAtom<T> {
 
     /// Pushes and pulls now instead of at the next tick.
     pub fn sync_now(&self) {
-        self.shared.with_value(|shared| shared.wake());
+        if let Some(shared) = self.shared {
+            shared.with_value(|shared| shared.wake());
+        }
     }
 
     fn commit(&self, keys: std::collections::BTreeSet<String>) {
         if keys.is_empty() {
             return;
         }
-        let Some(shared) = self.shared.try_get_value() else {
+        let Some(shared) = self.shared.and_then(|s| s.try_get_value()) else {
             return;
         };
-        for key in keys {
-            let value = self
-                .docs
-                .with_untracked(|docs| docs.get(&key).map(sexpr::Raw::from_value));
-            match value.transpose() {
-                Ok(value) => shared.write_raw(key, value),
-                Err(e) => shared.report_error(format!("cannot encode document {key:?}: {e}")),
+        let mut writes = Vec::with_capacity(keys.len());
+        let mut unencodable = Vec::new();
+        self.docs.with_untracked(|docs| {
+            for key in keys {
+                match docs.get(&key).map(sexpr::Raw::from_value).transpose() {
+                    Ok(value) => writes.push((key, value)),
+                    Err(e) => unencodable.push(format!("cannot encode document {key:?}: {e}")),
+                }
             }
+        });
+        // Reported outside the read, so a callback may use the atom.
+        for message in unencodable {
+            shared.report_error(message);
         }
+        shared.write_raw(writes, false);
     }
 }
 
-impl<T> DefinedAt for SyncedAtom<T> {
+impl<T: Document> DefinedAt for SyncedAtom<T> {
     fn defined_at(&self) -> Option<&'static Location<'static>> {
         self.docs.defined_at()
     }
 }
 
-impl<T> IsDisposed for SyncedAtom<T> {
+impl<T: Document> IsDisposed for SyncedAtom<T> {
     fn is_disposed(&self) -> bool {
         self.docs.is_disposed()
     }
 }
 
-impl<T> Track for SyncedAtom<T> {
+impl<T: Document> Track for SyncedAtom<T> {
     fn track(&self) {
         self.docs.track();
+        if let Some(initial) = self.initial {
+            initial.track();
+        }
     }
 }
 
-impl<T> Notify for SyncedAtom<T> {
+impl<T: Document> Notify for SyncedAtom<T> {
     fn notify(&self) {
         self.docs.notify();
     }
 }
 
-impl<T: 'static> ReadUntracked for SyncedAtom<T> {
-    type Value = <RwSignal<Docs<T>, LocalStorage> as ReadUntracked>::Value;
+impl<T: Document> ReadUntracked for SyncedAtom<T> {
+    type Value = <RwSignal<Docs<T>, DocsStorage> as ReadUntracked>::Value;
 
     fn try_read_untracked(&self) -> Option<Self::Value> {
+        self.merge_initial();
         self.docs.try_read_untracked()
+    }
+}
+
+impl<T: Document> SyncedAtom<T> {
+    /// Brings the server-rendered documents into the map, once, for keys
+    /// the map does not hold yet. Reading the resource here registers it
+    /// with an enclosing `<Suspense/>`, so the server waits for it and the
+    /// browser hydrates from the same data.
+    fn merge_initial(&self) {
+        let Some(initial) = self.initial else { return };
+        if self.initial_merged.try_get_value() != Some(false) {
+            return;
+        }
+        // Only inside <Suspense/>: outside it the server renders without the
+        // data, so the browser must not hydrate with it either.
+        if use_context::<leptos::reactive::computed::suspense::SuspenseContext>().is_none() {
+            return;
+        }
+        let Some(guard) = initial.try_read_untracked() else {
+            return;
+        };
+        let Some(result) = &*guard else { return };
+        self.initial_merged.set_value(true);
+        let mut problems = Vec::new();
+        match result {
+            Ok(list) => self.docs.update_untracked(|docs| {
+                for (key, text) in list {
+                    if docs.contains_key(key) {
+                        continue;
+                    }
+                    match sexpr::from_str::<T>(text) {
+                        Ok(value) => docs.set_quietly(key, Some(value)),
+                        Err(e) => problems.push(format!("document {key:?} does not decode: {e}")),
+                    }
+                }
+            }),
+            Err(e) => problems.push(format!("server-rendered documents: {e}")),
+        }
+        if let Some(shared) = self.shared.and_then(|s| s.try_get_value()) {
+            for problem in problems {
+                shared.report_error(problem);
+            }
+        }
     }
 }
 
@@ -562,7 +676,7 @@ pub fn use_synced_atom_with_options<T: Document>(
         .or_else(|| context.as_ref().map(|c| c.endpoint.clone()))
         .unwrap_or_default();
     let app = context.map_or_else(|| "atomsync".to_owned(), |c| c.app);
-    let docs = RwSignal::new_local(Docs::default());
+    let docs = RwSignal::new_with_storage(Docs::default());
     let (status, writers) = status_signals();
     let shared = Rc::new(Shared {
         group: group.to_owned(),
@@ -575,6 +689,7 @@ pub fn use_synced_atom_with_options<T: Document>(
         db: RefCell::new(None),
         wake: RefCell::new(None),
         publish: RefCell::new(None),
+        rendered_keys: RefCell::new(None),
     });
     *shared.publish.borrow_mut() = Some(Box::new({
         let shared = Rc::downgrade(&shared);
@@ -598,16 +713,95 @@ pub fn use_synced_atom_with_options<T: Document>(
             }
         }
     }));
+    *shared.rendered_keys.borrow_mut() = Some(Box::new(move || {
+        docs.with_untracked(|docs| docs.keys().cloned().collect())
+    }));
+    let initial = shared
+        .options
+        .server_render
+        .then(|| initial_docs(group))
+        .flatten();
     let atom = SyncedAtom {
         docs,
-        shared: StoredValue::new_local(shared.clone()),
+        initial,
+        shared: (!cfg!(feature = "ssr")).then(|| StoredValue::new_local(shared.clone())),
+        group: StoredValue::new(group.to_owned()),
+        initial_merged: StoredValue::new(false),
         status,
     };
     start(&app, shared);
     atom
 }
 
-/// SSR: no IO, nothing to start.
+/// The group's documents, `(key, S-expression text)`, as the server had them
+/// when it rendered the page.
+pub type InitialDocs = Result<Vec<(String, String)>, String>;
+
+/// On the server: the group's current documents read through the same
+/// `SyncService` the server functions use, with the request's credentials
+/// (so the same authorization applies). Serialized into the page, so the
+/// browser hydrates from the same data without asking again.
+#[cfg(feature = "ssr")]
+fn initial_docs(group: &str) -> Option<Resource<InitialDocs>> {
+    use atomsync_core::protocol::PullRequest;
+    use atomsync_server::{Credentials, SyncService};
+    let service = use_context::<SyncService>();
+    let parts = use_context::<http::request::Parts>();
+    let group = group.to_owned();
+    Some(Resource::new_blocking(
+        || (),
+        move |()| {
+            let (service, parts, group) = (service.clone(), parts.clone(), group.clone());
+            async move {
+                let Some(service) = service else {
+                    return Ok(Vec::new());
+                };
+                let credentials =
+                    parts.map_or_else(Credentials::none, |p| Credentials::from_parts(&p));
+                let mut docs = Vec::new();
+                let mut since = None;
+                loop {
+                    let page = service
+                        .pull(
+                            &credentials,
+                            PullRequest {
+                                group: group.clone(),
+                                since,
+                                limit: None,
+                            },
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    docs.extend(
+                        page.documents
+                            .into_iter()
+                            .filter_map(|d| d.value.map(|v| (d.key, v.into_string()))),
+                    );
+                    if !page.more {
+                        break;
+                    }
+                    since = Some(page.cursor);
+                }
+                Ok(docs)
+            }
+        },
+    ))
+}
+
+/// In the browser the resource is hydrated from the server's data (it does
+/// not run); rendered on the client alone it holds nothing.
+#[cfg(all(not(feature = "ssr"), feature = "hydrate"))]
+fn initial_docs(_group: &str) -> Option<Resource<InitialDocs>> {
+    Some(Resource::new_blocking(|| (), |()| async { Ok(Vec::new()) }))
+}
+
+/// Without SSR or hydration (native tests, client-only apps): nothing.
+#[cfg(not(any(feature = "ssr", feature = "hydrate")))]
+fn initial_docs(_group: &str) -> Option<Resource<InitialDocs>> {
+    None
+}
+
+/// SSR: no IO besides the initial documents, nothing to start.
 #[cfg(feature = "ssr")]
 fn start(_app: &str, _shared: Rc<Shared>) {}
 

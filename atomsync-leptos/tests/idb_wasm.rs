@@ -1,5 +1,5 @@
-//! The IndexedDB storage adapter in a real browser (headless Chromium via
-//! wasm-bindgen-test-runner; see scripts/test.sh).
+//! The IndexedDB storage adapter, and the hook over it, in a real browser
+//! (headless Chromium via wasm-bindgen-test-runner; see scripts/test.sh).
 
 #![cfg(target_arch = "wasm32")]
 
@@ -8,8 +8,12 @@ use std::collections::BTreeMap;
 use atomsync_core::engine::{Batch, Engine, Meta, PendingChange, StoredDoc};
 use atomsync_core::protocol::Cursor;
 use atomsync_core::sexpr::Raw;
-use atomsync_leptos::browser::random_id;
+use atomsync_leptos::browser::{random_id, sleep};
 use atomsync_leptos::idb_store::{LocalDb, SCHEMA_VERSION};
+use atomsync_leptos::{
+    Endpoint, SyncedAtom, UseSyncedAtomOptions, provide_atomsync, use_synced_atom_with_options,
+};
+use leptos::prelude::*;
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
@@ -136,4 +140,55 @@ async fn bad_records_are_reported_and_kept() {
     let (_, again) = db.load("todo").await.unwrap();
     assert_eq!(again.len(), 2);
     assert_eq!(SCHEMA_VERSION, 1);
+}
+
+/// A hook over the app's IndexedDB with no server, ready.
+async fn ready_atom(app: &str) -> (SyncedAtom<String>, Owner) {
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let owner = Owner::new_root(None);
+    owner.set();
+    provide_atomsync(app.to_owned());
+    let atom = use_synced_atom_with_options::<String>(
+        "todo",
+        UseSyncedAtomOptions::default().endpoint(Endpoint::None),
+    );
+    while !atom.status().ready.get_untracked() {
+        sleep(5).await;
+    }
+    (atom, owner)
+}
+
+#[wasm_bindgen_test]
+async fn a_bulk_update_through_the_hook_persists_and_reloads() {
+    let app = format!("test-{}", random_id(6));
+    let (atom, owner) = ready_atom(&app).await;
+    atom.update(|docs| {
+        for i in 0..500 {
+            docs.insert(format!("k{i:03}"), format!("value {i}"));
+        }
+    });
+    atom.update(|docs| {
+        docs.remove("k007");
+        docs.insert("k008", "changed".to_owned());
+    });
+    assert_eq!(atom.with_untracked(|d| d.len()), 499);
+    assert_eq!(atom.status().last_error.get_untracked(), None);
+    owner.cleanup();
+
+    // A fresh atom (a reload) reads back what the two writes stored.
+    let (atom, owner) = ready_atom(&app).await;
+    assert_eq!(atom.status().last_error.get_untracked(), None);
+    assert_eq!(atom.with_untracked(|d| d.len()), 499);
+    assert!(atom.with_untracked(|d| !d.contains_key("k007")));
+    assert_eq!(
+        atom.with_untracked(|d| d.get("k008").cloned()),
+        Some("changed".to_owned())
+    );
+    // 500 inserts, then two changes queued behind k007's and k008's first
+    // ones (those might have been in flight).
+    assert_eq!(atom.status().pending.get_untracked(), 502);
+    // Mutation numbers continue after the restored queue.
+    atom.insert("new", "after reload".to_owned());
+    assert_eq!(atom.status().pending.get_untracked(), 503);
+    owner.cleanup();
 }

@@ -76,23 +76,27 @@ pub fn App() -> impl IntoView {
                 />
                 " show finished"
             </label>
-            <ul id="todos">
-                <For
-                    each=move || {
-                        todos
-                            .with(|docs| {
-                                docs.iter()
-                                    .filter(|(_, t)| show_done() || !t.done)
-                                    .map(|(k, _)| k.clone())
-                                    .collect::<Vec<_>>()
-                            })
-                    }
-                    key=|key| key.clone()
-                    let:key
-                >
-                    <TodoItem todos key />
-                </For>
-            </ul>
+            // Inside <Suspense/>: the server renders the group's current
+            // documents, and the browser hydrates from the same data.
+            <Suspense fallback=|| view! { <p>"Loading…"</p> }>
+                <ul id="todos">
+                    <For
+                        each=move || {
+                            todos
+                                .with(|docs| {
+                                    docs.iter()
+                                        .filter(|(_, t)| show_done() || !t.done)
+                                        .map(|(k, _)| k.clone())
+                                        .collect::<Vec<_>>()
+                                })
+                        }
+                        key=|key| key.clone()
+                        let:key
+                    >
+                        <TodoItem todos key />
+                    </For>
+                </ul>
+            </Suspense>
         </main>
     }
 }

@@ -112,6 +112,22 @@ impl Demo {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
+    /// The body of a plain `GET` of `path` (HTTP/1.0, no scripts run).
+    pub async fn get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect to the demo");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
     /// Kills the server (SIGKILL), as a crash or a lost network would.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -361,7 +377,7 @@ impl Drop for Browser {
         // A test that panics never closes its session, and killing
         // chromedriver leaves Chromium running: stop this profile's processes.
         let _ = std::process::Command::new("pkill")
-            .arg("-f")
+            .args(["-f", "--"])
             .arg(format!("--user-data-dir={}", self.profile.path().display()))
             .status();
     }

@@ -131,3 +131,32 @@ async fn rich_values_survive_indexeddb_and_the_wire() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_html_already_shows_todos_of_other_clients() {
+    let demo = Demo::start().await;
+    let writer = Browser::start().await;
+    writer.open(&demo.url()).await;
+    writer
+        .add_todo("Rendered on the server", "ssr", "", "1")
+        .await;
+    writer
+        .wait_for("the todo to reach the server", || async {
+            writer.pending().await == Some(0) && !writer.titles().await.is_empty()
+        })
+        .await;
+
+    // The first paint: the HTML as served, before any script runs.
+    let html = demo.get("/").await;
+    assert!(
+        html.contains("Rendered on the server"),
+        "the served HTML lists the todo:\n{html}"
+    );
+
+    // A fresh profile (empty IndexedDB) hydrates it without trouble.
+    let reader = Browser::start().await;
+    reader.open(&demo.url()).await;
+    assert_eq!(reader.titles().await, ["Rendered on the server"]);
+    writer.close().await;
+    reader.close().await;
+}

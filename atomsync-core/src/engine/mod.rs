@@ -228,6 +228,29 @@ pub struct Effects {
     pub conflicts: Vec<Conflict>,
 }
 
+impl Effects {
+    /// Folds the effects of a later step into these (see [`Batch::merge`]):
+    /// one batch to persist, the changed keys of both (in key order, once
+    /// each) and the conflicts of both.
+    pub fn merge(&mut self, later: Effects) {
+        self.batch.merge(later.batch);
+        match (self.changed.last(), later.changed.first()) {
+            (_, None) => {}
+            (None, _) => self.changed = later.changed,
+            // The common case (keys written in order): append.
+            (Some(last), Some(first)) if last < first => self.changed.extend(later.changed),
+            _ => {
+                let all: BTreeSet<String> = mem::take(&mut self.changed)
+                    .into_iter()
+                    .chain(later.changed)
+                    .collect();
+                self.changed = all.into_iter().collect();
+            }
+        }
+        self.conflicts.extend(later.conflicts);
+    }
+}
+
 /// The engine's sync state, for status displays and drivers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncStatus {

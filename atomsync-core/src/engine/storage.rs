@@ -104,6 +104,19 @@ impl Batch {
             && self.pending.is_empty()
             && self.conflicts.is_empty()
     }
+
+    /// Folds `later` (a batch handed out after this one) into this batch, so
+    /// that applying the result equals applying both in order: `later`'s
+    /// entries and meta replace this batch's. An adapter can so write several
+    /// engine steps (a bulk local write, say) in one transaction.
+    pub fn merge(&mut self, later: Batch) {
+        if later.meta.is_some() {
+            self.meta = later.meta;
+        }
+        self.docs.extend(later.docs);
+        self.pending.extend(later.pending);
+        self.conflicts.extend(later.conflicts);
+    }
 }
 
 /// The whole durable state of an engine.
