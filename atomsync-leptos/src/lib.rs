@@ -50,6 +50,8 @@ pub mod server_fns;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
 mod sync_loop;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+mod tabs;
+#[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
 mod transport;
 mod use_synced_atom;
 

@@ -74,6 +74,10 @@ pub fn provide_atomsync_with_endpoint(app: impl Into<String>, endpoint: Endpoint
 pub struct AtomStatus {
     /// The local data (IndexedDB) is loaded. Always `false` during SSR.
     pub ready: ReadSignal<bool>,
+    /// This tab runs the group's sync (engine, IndexedDB writes, server
+    /// requests). Other tabs of the app forward their writes to it and
+    /// mirror its changes; when it closes, one of them takes over.
+    pub leader: ReadSignal<bool>,
     /// The data is kept in IndexedDB; `false` if IndexedDB is unavailable or
     /// failed (private modes, quota), in which case it lives in memory only.
     pub persistent: ReadSignal<bool>,
@@ -99,6 +103,7 @@ pub struct AtomStatus {
 #[derive(Clone, Copy)]
 struct StatusWriters {
     ready: WriteSignal<bool>,
+    leader: WriteSignal<bool>,
     persistent: WriteSignal<bool>,
     online: WriteSignal<bool>,
     syncing: WriteSignal<bool>,
@@ -110,6 +115,7 @@ struct StatusWriters {
 
 fn status_signals() -> (AtomStatus, StatusWriters) {
     let (ready, set_ready) = signal(false);
+    let (leader, set_leader) = signal(false);
     let (persistent, set_persistent) = signal(false);
     let (online, set_online) = signal(false);
     let (syncing, set_syncing) = signal(false);
@@ -120,6 +126,7 @@ fn status_signals() -> (AtomStatus, StatusWriters) {
     (
         AtomStatus {
             ready,
+            leader,
             persistent,
             online,
             syncing,
@@ -130,6 +137,7 @@ fn status_signals() -> (AtomStatus, StatusWriters) {
         },
         StatusWriters {
             ready: set_ready,
+            leader: set_leader,
             persistent: set_persistent,
             online: set_online,
             syncing: set_syncing,
@@ -140,6 +148,14 @@ fn status_signals() -> (AtomStatus, StatusWriters) {
         },
     )
 }
+
+/// Document writes: key and new value (`None`: delete).
+#[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+pub(crate) type Writes = Vec<(String, Option<Raw>)>;
+
+/// Decodes `(key, value)` pairs into the atom's signal.
+#[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+type PublishValues = Box<dyn Fn(&[(String, Option<Raw>)])>;
 
 /// The keys currently in the atom's signal.
 type KeysFn = Box<dyn Fn() -> Vec<String>>;
@@ -167,6 +183,19 @@ pub(crate) struct Shared {
     publish: RefCell<Option<Publish>>,
     /// The keys currently in the signal.
     rendered_keys: RefCell<Option<KeysFn>>,
+    /// Decodes values announced by the leader tab into the signal.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    publish_values: RefCell<Option<PublishValues>>,
+    /// Another tab leads this group: writes are forwarded to it.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) follower: std::cell::Cell<bool>,
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) tabs: RefCell<Option<crate::tabs::Tabs>>,
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) lock: RefCell<Option<crate::tabs::LockGuard>>,
+    /// A follower's writes the leader has not acknowledged, by message id.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) unacked: RefCell<std::collections::BTreeMap<u64, Writes>>,
 }
 
 #[cfg_attr(
@@ -209,16 +238,32 @@ impl Shared {
     /// Persists and publishes what an engine step did. Returns a future
     /// that resolves once the batch is durable (or immediately in memory).
     pub(crate) fn handle(&self, effects: Effects) -> impl Future<Output = ()> + use<> {
+        self.handle_with(effects, true)
+    }
+
+    /// [`handle`](Self::handle); with `publish_locally` false the signal
+    /// already holds the changed values (local writes), so they are only
+    /// announced to the other tabs.
+    fn handle_with(
+        &self,
+        effects: Effects,
+        publish_locally: bool,
+    ) -> impl Future<Output = ()> + use<> {
         let Effects {
             batch,
             changed,
             conflicts,
         } = effects;
         let persisted = self.persist(&batch);
-        if !changed.is_empty()
+        if publish_locally
+            && !changed.is_empty()
             && let (Some(engine), Some(publish)) = (&*self.engine.borrow(), &*self.publish.borrow())
         {
             publish(engine, &changed);
+        }
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        if !changed.is_empty() {
+            self.announce(&changed);
         }
         for conflict in &conflicts {
             if let Some(on_conflict) = &self.options.on_conflict {
@@ -238,7 +283,12 @@ impl Shared {
 
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
     fn persist(&self, batch: &atomsync_core::engine::Batch) -> impl Future<Output = ()> + use<> {
-        let db = self.db.borrow().clone();
+        // A follower tab never writes IndexedDB: the leader does.
+        let db = if self.follower.get() {
+            None
+        } else {
+            self.db.borrow().clone()
+        };
         let pending = match (&db, batch.is_empty()) {
             (Some(db), false) => Some(db.apply(&self.group, batch)),
             _ => None,
@@ -273,6 +323,70 @@ impl Shared {
     #[cfg(not(all(target_arch = "wasm32", not(feature = "ssr"))))]
     fn persist(&self, _batch: &atomsync_core::engine::Batch) -> impl Future<Output = ()> + use<> {
         async {}
+    }
+
+    /// Sends a follower's writes to the leader tab (kept until acknowledged,
+    /// and replayed if this tab becomes the leader first).
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    fn forward(&self, writes: Vec<(String, Option<Raw>)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let id = (crate::browser::random() * 9.0e15) as u64;
+        self.unacked.borrow_mut().insert(id, writes.clone());
+        if let Some(tabs) = &*self.tabs.borrow() {
+            tabs.post(&crate::tabs::TabMessage::Write {
+                group: self.group.clone(),
+                id,
+                writes,
+            });
+        }
+    }
+
+    /// Tells the other tabs what the leader's documents are now.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    fn announce(&self, keys: &[String]) {
+        if self.follower.get() {
+            return;
+        }
+        let (Some(tabs), Some(engine)) = (&*self.tabs.borrow(), &*self.engine.borrow()) else {
+            return;
+        };
+        tabs.post(&crate::tabs::TabMessage::Changed {
+            group: self.group.clone(),
+            docs: keys
+                .iter()
+                .map(|k| (k.clone(), engine.get(k).cloned()))
+                .collect(),
+            pending: engine.pending_len(),
+        });
+    }
+
+    /// A message from another tab of the app about this group.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) fn on_tab_message(&self, message: crate::tabs::TabMessage) {
+        use crate::tabs::TabMessage;
+        match message {
+            TabMessage::Write { id, writes, .. } if !self.follower.get() => {
+                self.write_raw(writes, true);
+                if let Some(tabs) = &*self.tabs.borrow() {
+                    tabs.post(&TabMessage::Ack {
+                        group: self.group.clone(),
+                        id,
+                    });
+                }
+            }
+            TabMessage::Ack { id, .. } => {
+                self.unacked.borrow_mut().remove(&id);
+            }
+            TabMessage::Changed { docs, pending, .. } if self.follower.get() => {
+                if let Some(publish) = &*self.publish_values.borrow() {
+                    publish(&docs);
+                }
+                self.status.pending.set(pending);
+            }
+            _ => {}
+        }
     }
 
     /// Installs a restored (or new) engine, replays early writes, publishes
@@ -310,6 +424,10 @@ impl Shared {
                 .conflicts
                 .set(engine.conflicts().cloned().collect());
         }
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        self.status.leader.set(!self.follower.get());
+        #[cfg(not(all(target_arch = "wasm32", not(feature = "ssr"))))]
+        self.status.leader.set(true);
         self.status.ready.set(true);
     }
 
@@ -319,6 +437,11 @@ impl Shared {
     /// signal is known to hold the written values already (they were encoded
     /// from it), so they are not decoded back into it.
     fn write_raw(&self, writes: Vec<(String, Option<Raw>)>, republish: bool) {
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        if self.follower.get() {
+            self.forward(writes);
+            return;
+        }
         let mut effects: Option<Effects> = None;
         let mut refused = Vec::new();
         {
@@ -345,14 +468,11 @@ impl Shared {
         for message in refused {
             self.report_error(message);
         }
-        let Some(mut effects) = effects else { return };
-        if !republish {
-            effects.changed.clear();
-        }
+        let Some(effects) = effects else { return };
         // The writes and their queue entries go to IndexedDB in one
         // transaction, created now; its completion is awaited in the
         // background.
-        let done = self.handle(effects);
+        let done = self.handle_with(effects, republish);
         spawn_detached(done);
         self.wake();
     }
@@ -664,6 +784,27 @@ pub fn use_synced_atom<T: Document>(group: &str) -> SyncedAtom<T> {
     use_synced_atom_with_options(group, UseSyncedAtomOptions::default())
 }
 
+/// Decodes stored values into the signal (`None`: the document is gone),
+/// notifying readers once; returns what could not be decoded.
+fn decode_into<'a, T: Document>(
+    docs: RwSignal<Docs<T>, DocsStorage>,
+    entries: impl Iterator<Item = (&'a str, Option<&'a Raw>)>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    docs.update(|docs| {
+        for (key, raw) in entries {
+            match raw.map(Raw::to_value::<T>).transpose() {
+                Ok(value) => docs.set_quietly(key, value),
+                Err(e) => problems.push(format!(
+                    "document {key:?} does not decode as {}: {e}",
+                    std::any::type_name::<T>()
+                )),
+            }
+        }
+    });
+    problems
+}
+
 /// A synced atom over the documents of `group`. See [`use_synced_atom`].
 pub fn use_synced_atom_with_options<T: Document>(
     group: &str,
@@ -690,29 +831,46 @@ pub fn use_synced_atom_with_options<T: Document>(
         wake: RefCell::new(None),
         publish: RefCell::new(None),
         rendered_keys: RefCell::new(None),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        publish_values: RefCell::new(None),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        follower: std::cell::Cell::new(false),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        tabs: RefCell::new(None),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        lock: RefCell::new(None),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        unacked: RefCell::new(std::collections::BTreeMap::new()),
     });
-    *shared.publish.borrow_mut() = Some(Box::new({
+    let report = {
         let shared = Rc::downgrade(&shared);
-        move |engine: &Engine, keys: &[String]| {
-            let mut problems = Vec::new();
-            docs.update(|docs| {
-                for key in keys {
-                    match engine.get(key).map(Raw::to_value::<T>).transpose() {
-                        Ok(value) => docs.set_quietly(key, value),
-                        Err(e) => problems.push(format!(
-                            "document {key:?} does not decode as {}: {e}",
-                            std::any::type_name::<T>()
-                        )),
-                    }
-                }
-            });
+        move |problems: Vec<String>| {
             if let Some(shared) = shared.upgrade() {
                 for problem in problems {
                     shared.report_error(problem);
                 }
             }
         }
+    };
+    *shared.publish.borrow_mut() = Some(Box::new({
+        let report = report.clone();
+        move |engine: &Engine, keys: &[String]| {
+            report(decode_into(
+                docs,
+                keys.iter().map(|k| (k.as_str(), engine.get(k))),
+            ));
+        }
     }));
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    {
+        *shared.publish_values.borrow_mut() =
+            Some(Box::new(move |list: &[(String, Option<Raw>)]| {
+                report(decode_into(
+                    docs,
+                    list.iter().map(|(k, v)| (k.as_str(), v.as_ref())),
+                ));
+            }));
+    }
     *shared.rendered_keys.borrow_mut() = Some(Box::new(move || {
         docs.with_untracked(|docs| docs.keys().cloned().collect())
     }));
@@ -829,6 +987,7 @@ fn start(app: &str, shared: Rc<Shared>) {
 /// the loop ends.
 #[cfg(all(not(feature = "ssr"), target_arch = "wasm32"))]
 fn start(app: &str, shared: Rc<Shared>) {
+    use crate::tabs::{Lock, Tabs, lock};
     let (wake, wakes) = futures::channel::mpsc::unbounded();
     *shared.wake.borrow_mut() = Some(wake);
     let weak = Rc::downgrade(&shared);
@@ -836,6 +995,37 @@ fn start(app: &str, shared: Rc<Shared>) {
     let app = app.to_owned();
     leptos::task::spawn_local(async move {
         let Some(shared) = weak.upgrade() else { return };
+        *shared.tabs.borrow_mut() = Tabs::open(&app, weak.clone());
+        let name = format!("atomsync:{app}:{}", shared.group);
+        match lock(&name, false).await {
+            Lock::Held(guard) => *shared.lock.borrow_mut() = Some(guard),
+            Lock::Unsupported => {}
+            Lock::Busy => {
+                // Another tab leads: show what it persisted, forward writes,
+                // mirror its changes, and wait for the lock.
+                shared.follower.set(true);
+                crate::sync_loop::load(&app, &shared).await;
+                drop(shared);
+                let held = lock(&name, true).await;
+                let Some(shared) = weak.upgrade() else { return };
+                if let Lock::Held(guard) = held {
+                    *shared.lock.borrow_mut() = Some(guard);
+                }
+                shared.follower.set(false);
+                // Writes the old leader never acknowledged are replayed
+                // into the engine loaded below.
+                let unacked = std::mem::take(&mut *shared.unacked.borrow_mut());
+                shared
+                    .preload
+                    .borrow_mut()
+                    .extend(unacked.into_values().flatten());
+                *shared.engine.borrow_mut() = None;
+                crate::sync_loop::load(&app, &shared).await;
+                drop(shared);
+                crate::sync_loop::run(weak, wakes).await;
+                return;
+            }
+        }
         crate::sync_loop::load(&app, &shared).await;
         drop(shared);
         crate::sync_loop::run(weak, wakes).await;

@@ -152,7 +152,9 @@ async fn ready_atom(app: &str) -> (SyncedAtom<String>, Owner) {
         "todo",
         UseSyncedAtomOptions::default().endpoint(Endpoint::None),
     );
-    while !atom.status().ready.get_untracked() {
+    // Ready, and leading: the atom of the previous "page" may still hold
+    // the group's lock for a moment after its owner was cleaned up.
+    while !(atom.status().ready.get_untracked() && atom.status().leader.get_untracked()) {
         sleep(5).await;
     }
     (atom, owner)

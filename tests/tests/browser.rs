@@ -160,3 +160,74 @@ async fn the_served_html_already_shows_todos_of_other_clients() {
     writer.close().await;
     reader.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_share_writes_offline_and_hand_the_sync_over() {
+    let mut demo = Demo::start().await;
+    let tabs = Browser::start().await;
+    tabs.open(&demo.url()).await;
+    let first = tabs.client.window().await.expect("first tab");
+    let second = tabs
+        .client
+        .new_window(true)
+        .await
+        .expect("second tab")
+        .handle;
+    tabs.client
+        .switch_to_window(second.clone())
+        .await
+        .expect("switch");
+    tabs.open(&demo.url()).await;
+
+    // Offline: the tabs still see each other's writes at once.
+    demo.stop().await;
+    tabs.add_todo("From tab two", "", "", "1").await;
+    tabs.client
+        .switch_to_window(first.clone())
+        .await
+        .expect("switch");
+    tabs.wait_for("the first tab to see the second's write", || async {
+        tabs.titles().await == ["From tab two"]
+    })
+    .await;
+    tabs.add_todo("From tab one", "", "", "1").await;
+    tabs.client
+        .switch_to_window(second.clone())
+        .await
+        .expect("switch");
+    tabs.wait_for("the second tab to see the first's write", || async {
+        let mut titles = tabs.titles().await;
+        titles.sort();
+        titles == ["From tab one", "From tab two"]
+    })
+    .await;
+
+    // Close the leading (first) tab; the second takes the sync over and
+    // pushes what both tabs wrote once the server is back.
+    tabs.client.switch_to_window(first).await.expect("switch");
+    tabs.client
+        .close_window()
+        .await
+        .expect("close the first tab");
+    tabs.client.switch_to_window(second).await.expect("switch");
+    demo.restart().await;
+    tabs.wait_for("the remaining tab to push everything", || async {
+        tabs.pending().await == Some(0)
+    })
+    .await;
+
+    // The server holds each todo exactly once, at version 1: no change was
+    // applied twice.
+    let pulled = demo.get("/atomsync/sync?group=todo").await;
+    assert_eq!(pulled.matches("(version . 1)").count(), 2, "{pulled}");
+    assert!(!pulled.contains("(version . 2)"), "{pulled}");
+    let other = Browser::start().await;
+    other.open(&demo.url()).await;
+    other
+        .wait_for("another profile to receive both", || async {
+            other.titles().await.len() == 2
+        })
+        .await;
+    tabs.close().await;
+    other.close().await;
+}
