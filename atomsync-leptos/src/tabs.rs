@@ -34,6 +34,8 @@ pub(crate) enum TabMessage {
         group: String,
         docs: Vec<(String, Option<Raw>)>,
         pending: usize,
+        online: bool,
+        last_synced: Option<i64>,
     },
 }
 

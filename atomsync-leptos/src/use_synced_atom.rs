@@ -183,6 +183,9 @@ pub(crate) struct Shared {
     publish: RefCell<Option<Publish>>,
     /// The keys currently in the signal.
     rendered_keys: RefCell<Option<KeysFn>>,
+    /// The last known online state and sync time (what the status shows).
+    online: std::cell::Cell<bool>,
+    last_synced: std::cell::Cell<Option<i64>>,
     /// Decodes values announced by the leader tab into the signal.
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
     publish_values: RefCell<Option<PublishValues>>,
@@ -216,6 +219,7 @@ impl Shared {
     }
 
     pub(crate) fn set_online(&self, online: bool) {
+        self.online.set(online);
         self.status.online.set(online);
     }
 
@@ -224,6 +228,8 @@ impl Shared {
     }
 
     pub(crate) fn synced(&self, now_ms: u64) {
+        self.online.set(true);
+        self.last_synced.set(Some(now_ms as i64));
         self.status.last_synced.set(Some(now_ms as i64));
         self.status.last_error.set(None);
         self.status.online.set(true);
@@ -261,8 +267,9 @@ impl Shared {
         {
             publish(engine, &changed);
         }
+        // Other tabs mirror the leader's documents and its queue length.
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-        if !changed.is_empty() {
+        if !changed.is_empty() || !batch.pending.is_empty() {
             self.announce(&changed);
         }
         for conflict in &conflicts {
@@ -359,6 +366,8 @@ impl Shared {
                 .map(|k| (k.clone(), engine.get(k).cloned()))
                 .collect(),
             pending: engine.pending_len(),
+            online: self.online.get(),
+            last_synced: self.last_synced.get(),
         });
     }
 
@@ -379,11 +388,21 @@ impl Shared {
             TabMessage::Ack { id, .. } => {
                 self.unacked.borrow_mut().remove(&id);
             }
-            TabMessage::Changed { docs, pending, .. } if self.follower.get() => {
-                if let Some(publish) = &*self.publish_values.borrow() {
+            TabMessage::Changed {
+                docs,
+                pending,
+                online,
+                last_synced,
+                ..
+            } if self.follower.get() => {
+                if !docs.is_empty()
+                    && let Some(publish) = &*self.publish_values.borrow()
+                {
                     publish(&docs);
                 }
                 self.status.pending.set(pending);
+                self.status.online.set(online);
+                self.status.last_synced.set(last_synced);
             }
             _ => {}
         }
@@ -831,6 +850,8 @@ pub fn use_synced_atom_with_options<T: Document>(
         wake: RefCell::new(None),
         publish: RefCell::new(None),
         rendered_keys: RefCell::new(None),
+        online: std::cell::Cell::new(false),
+        last_synced: std::cell::Cell::new(None),
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
         publish_values: RefCell::new(None),
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]

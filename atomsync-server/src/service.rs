@@ -41,6 +41,8 @@ struct Shared {
     /// event is sent.
     latest: AtomicU64,
     events: broadcast::Sender<Event>,
+    /// Changes received in authorized pushes since start, retries included.
+    changes_received: AtomicU64,
 }
 
 impl Shared {
@@ -99,6 +101,7 @@ impl SyncService {
             epoch: store.epoch().into(),
             latest: AtomicU64::new(store.cursor().seq),
             events,
+            changes_received: AtomicU64::new(0),
         });
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
@@ -188,6 +191,13 @@ impl SyncService {
         Ok(response)
     }
 
+    /// How many changes authorized pushes have brought since the service
+    /// started, retries and duplicates included (diagnostics: a client that
+    /// sends a change twice shows here, though the store applies it once).
+    pub fn changes_received(&self) -> u64 {
+        self.inner.shared.changes_received.load(Ordering::Relaxed)
+    }
+
     /// Applies a batch of changes ([`Store::push`]) if `credentials` may use
     /// the group, and notifies the group's subscribers when a change was
     /// accepted.
@@ -204,6 +214,9 @@ impl SyncService {
     ) -> Result<PushResponse> {
         self.authorize(credentials, &request.group)?;
         let shared = Arc::clone(&self.inner.shared);
+        shared
+            .changes_received
+            .fetch_add(request.changes.len() as u64, Ordering::Relaxed);
         self.call(move |store| {
             let before = store.cursor().seq;
             let response = store.push(&request)?;

@@ -31,7 +31,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             move || shell(options.clone())
         })
         // The plain HTTP protocol too, for clients that are not this app.
-        .nest("/atomsync", atomsync_server::router(service))
+        .nest("/atomsync", atomsync_server::router(service.clone()))
+        // Diagnostics: changes the server has received (the browser tests
+        // check that N tabs do not push a change N times).
+        .route(
+            "/demo/changes-received",
+            axum::routing::get(move || {
+                let service = service.clone();
+                async move { service.changes_received().to_string() }
+            }),
+        )
         .fallback(leptos_axum::file_and_error_handler(shell))
         .with_state(leptos_options.clone());
 

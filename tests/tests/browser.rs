@@ -231,3 +231,31 @@ async fn tabs_share_writes_offline_and_hand_the_sync_over() {
     tabs.close().await;
     other.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_that_loaded_the_same_pending_write_push_it_once() {
+    let mut demo = Demo::start().await;
+    let tabs = Browser::start().await;
+    tabs.open(&demo.url()).await;
+    demo.stop().await;
+    tabs.add_todo("Pending in both tabs", "", "", "1").await;
+    tabs.wait_for("the write to be pending", || async {
+        tabs.pending().await == Some(1)
+    })
+    .await;
+    // A second tab loads the same pending write from IndexedDB (its page
+    // comes from the restarted server, whose push route is up again).
+    demo.restart().await;
+    let second = tabs.client.new_window(true).await.expect("tab").handle;
+    tabs.client.switch_to_window(second).await.expect("switch");
+    tabs.open(&demo.url()).await;
+    tabs.wait_for("the write to be pushed", || async {
+        tabs.pending().await == Some(0)
+    })
+    .await;
+    // Give a second pusher every chance to show up.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let received = demo.get("/demo/changes-received").await;
+    assert_eq!(received.trim(), "1", "the change was received once");
+    tabs.close().await;
+}
