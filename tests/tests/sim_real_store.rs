@@ -11,12 +11,9 @@
 //! 200 seeds each by default; `ATOMSYNC_SIM_SEEDS=n` runs `n` seeds and
 //! `ATOMSYNC_SEED=n` replays seed `n` with a trace.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use atomsync_core::engine::testing::{
-    FakeServer, SimConfig, SimServer, SimStats, run_seeds, simulate,
-};
+use atomsync_core::engine::testing::{FakeServer, SimConfig, SimServer, SimStats, run_seeds};
 use atomsync_core::protocol::{
     Cursor, ErrorBody, PullRequest, PullResponse, PushRequest, PushResponse,
 };
@@ -84,29 +81,14 @@ impl SimServer for RealStore {
     }
 }
 
-fn env_set(name: &str) -> bool {
-    std::env::var_os(name).is_some()
-}
-
-/// `run_seeds`, but with [`DEFAULT_SEEDS`] instead of its 1000 when neither
-/// environment variable is set (the real store is slower than the model).
-fn run<S: SimServer>(make_server: impl Fn(u64) -> S) -> SimStats {
-    let config = SimConfig::default();
-    if env_set("ATOMSYNC_SEED") || env_set("ATOMSYNC_SIM_SEEDS") {
-        return run_seeds(REPLAY, &config, make_server);
-    }
-    let mut total = SimStats::default();
-    for seed in 0..DEFAULT_SEEDS {
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            simulate(seed, make_server(seed), &config)
-        }));
-        match outcome {
-            Ok(Ok(stats)) => add(&mut total, &stats),
-            Ok(Err(error)) => panic!("{error}\nreplay with: ATOMSYNC_SEED={seed} {REPLAY}"),
-            Err(_) => panic!("seed {seed} panicked\nreplay with: ATOMSYNC_SEED={seed} {REPLAY}"),
-        }
-    }
-    total
+/// `run_seeds` with [`DEFAULT_SEEDS`] (the real store is slower than the
+/// model); `ATOMSYNC_SIM_SEEDS` and `ATOMSYNC_SEED` work as usual.
+fn run<S: SimServer>(make_server: impl FnMut(u64) -> S) -> SimStats {
+    let config = SimConfig {
+        default_seeds: DEFAULT_SEEDS,
+        ..SimConfig::default()
+    };
+    run_seeds(REPLAY, &config, make_server)
 }
 
 #[test]
@@ -223,22 +205,4 @@ fn real_store_answers_like_the_model() {
             "{stats:?}"
         );
     }
-}
-
-fn add(sum: &mut SimStats, other: &SimStats) {
-    sum.runs += other.runs;
-    sum.clients += other.clients;
-    sum.writes += other.writes;
-    sum.pushes += other.pushes;
-    sum.pulls += other.pulls;
-    sum.accepted += other.accepted;
-    sum.conflicts += other.conflicts;
-    sum.lost_requests += other.lost_requests;
-    sum.lost_responses += other.lost_responses;
-    sum.duplicated += other.duplicated;
-    sum.injected_errors += other.injected_errors;
-    sum.cursor_resets += other.cursor_resets;
-    sum.server_restarts += other.server_restarts;
-    sum.client_restarts += other.client_restarts;
-    sum.restarts_mid_push += other.restarts_mid_push;
 }

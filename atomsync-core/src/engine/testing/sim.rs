@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub keys: u64,
     /// Keep a trace of every event, shown when the run fails.
     pub trace: bool,
+    /// Seeds [`run_seeds`] runs when `ATOMSYNC_SIM_SEEDS` is not set.
+    /// Default 1000.
+    pub default_seeds: u64,
 }
 
 impl Default for SimConfig {
@@ -61,6 +64,7 @@ impl Default for SimConfig {
             groups: vec!["g1".to_owned(), "g2".to_owned()],
             keys: 6,
             trace: false,
+            default_seeds: 1000,
         }
     }
 }
@@ -163,7 +167,10 @@ pub fn run_seeds<S: SimServer>(
     };
     let (seeds, trace) = match env_number("ATOMSYNC_SEED") {
         Some(seed) => (seed..seed + 1, true),
-        None => (0..env_number("ATOMSYNC_SIM_SEEDS").unwrap_or(1000), false),
+        None => (
+            0..env_number("ATOMSYNC_SIM_SEEDS").unwrap_or(config.default_seeds),
+            false,
+        ),
     };
     let config = SimConfig {
         trace: config.trace || trace,
