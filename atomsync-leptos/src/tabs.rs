@@ -152,9 +152,16 @@ pub(crate) async fn lock(name: &str, wait: bool) -> Lock {
         // Hold the lock until the release function is called.
         let mut release = None;
         let held = js_sys::Promise::new(&mut |resolve, _reject| release = Some(resolve));
-        *slot.borrow_mut() = Some(release);
-        if let Some(n) = notify.borrow_mut().take() {
-            let _ = n.send(());
+        let delivered = notify
+            .borrow_mut()
+            .take()
+            .is_some_and(|n| n.send(()).is_ok());
+        if delivered {
+            *slot.borrow_mut() = Some(release);
+        } else if let Some(release) = release {
+            // Nobody waits any more (the atom is gone): give the lock back
+            // at once instead of holding it until the tab closes.
+            let _ = release.call0(&JsValue::NULL);
         }
         held
     });
