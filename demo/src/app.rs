@@ -110,6 +110,9 @@ fn StatusBar(todos: SyncedAtom<Todo>) -> impl IntoView {
             <span id="ready" data-ready=move || status.ready.get().to_string()>
                 {move || if status.ready.get() { "loaded" } else { "loading…" }}
             </span>
+            <span id="leader" title="the tab that syncs; other tabs of this app go through it">
+                {move || if status.leader.get() { "syncing tab" } else { "" }}
+            </span>
             <span id="online" class:offline=move || !status.online.get()>
                 {move || if status.online.get() { "online" } else { "offline" }}
             </span>
