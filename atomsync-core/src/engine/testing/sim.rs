@@ -105,6 +105,30 @@ pub struct SimStats {
 }
 
 impl SimStats {
+    /// Checks that a batch of at least 100 runs met every kind of fault it
+    /// is meant to survive (so a green result is not a quiet one). Smaller
+    /// batches (a replayed seed) are not checked.
+    ///
+    /// # Panics
+    ///
+    /// If some kind of fault never happened.
+    pub fn assert_faults_happened(&self) {
+        if self.runs < 100 {
+            return;
+        }
+        assert!(self.conflicts > 0, "no conflicts: {self:?}");
+        assert!(
+            self.lost_requests > 0 && self.lost_responses > 0,
+            "{self:?}"
+        );
+        assert!(self.duplicated > 0 && self.injected_errors > 0, "{self:?}");
+        assert!(
+            self.cursor_resets > 0 && self.server_restarts > 0,
+            "{self:?}"
+        );
+        assert!(self.restarts_mid_push > 0, "{self:?}");
+    }
+
     fn add(&mut self, other: &SimStats) {
         self.runs += other.runs;
         self.clients += other.clients;
