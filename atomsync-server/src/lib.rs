@@ -54,6 +54,7 @@
 //!         base_version: 0,
 //!         value: Some(Raw::from_text("((title . \"Buy milk\"))").unwrap()),
 //!     }],
+//!     low_water: None,
 //! };
 //! service.push(&credentials, push).await?;
 //! let pull = PullRequest { group: "todo".into(), since: None, limit: None };
@@ -83,6 +84,7 @@
 
 mod auth;
 mod error;
+mod history;
 mod routes;
 mod service;
 mod store;
@@ -91,4 +93,4 @@ pub use auth::{AllowAll, AuthError, Authorizer, Credentials, TokenFile};
 pub use error::{Error, Result};
 pub use routes::{RouterOptions, router, router_with_options};
 pub use service::{Subscription, SyncService};
-pub use store::{Store, StoreOptions, Synchronous};
+pub use store::{Store, StoreOptions, StoreStats, Synchronous};

@@ -31,6 +31,10 @@ pub enum FailureKind {
     Permanent,
     /// The pull cursor belongs to another database: resync from the beginning.
     CursorReset,
+    /// The server decided one of the push's mutation numbers before for a
+    /// change with other content (this client id numbered again after losing
+    /// its state): the engine takes a new client id and pushes again at once.
+    MutationReused,
 }
 
 impl Failure {
@@ -49,6 +53,7 @@ impl Failure {
                 ErrorCode::Unauthorized | ErrorCode::Forbidden => FailureKind::Auth,
                 ErrorCode::BadRequest | ErrorCode::TooLarge => FailureKind::Permanent,
                 ErrorCode::Internal | ErrorCode::Unavailable => FailureKind::Temporary,
+                ErrorCode::MutationReused => FailureKind::MutationReused,
             },
         }
     }
