@@ -154,3 +154,84 @@ async fn clients_converge_after_an_older_database_file_is_put_back() {
     assert_eq!(milk, "Buy milk");
     assert_eq!(server_docs.len(), 14);
 }
+
+/// The whole directory put back (database and high-water mark together, as
+/// a VM snapshot would): the server cannot tell, keeps its epoch, and a
+/// client-wins client whose versions are now above the server's must still
+/// settle: `Client::sync` returns and everyone converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_returns_when_the_server_went_back_under_the_same_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.db");
+    let mark = dir.path().join("data.db.atomsync-hwm");
+    let port = free_port().to_string();
+    let args = ["--port", &port, "--db", db.to_str().unwrap()];
+    let mut server = ServerProcess::start_with(&args);
+    let url = server.url("");
+    let a = open(dir.path(), "a", &url, ConflictPolicy::ClientWins).await;
+    let b = open(dir.path(), "b", &url, ConflictPolicy::ServerWins).await;
+    a.set(GROUP, "k", "one").await.unwrap();
+    a.sync(GROUP).await.unwrap();
+    assert!(server.terminate().success());
+    copy_database(&db, &dir.path().join("snapshot.db"));
+    std::fs::copy(&mark, dir.path().join("snapshot.hwm")).unwrap();
+
+    let mut server = ServerProcess::start_with(&args);
+    for value in ["two", "three"] {
+        a.set(GROUP, "k", value).await.unwrap();
+        a.sync(GROUP).await.unwrap();
+    }
+    assert!(server.terminate().success());
+    copy_database(&dir.path().join("snapshot.db"), &db);
+    std::fs::copy(dir.path().join("snapshot.hwm"), &mark).unwrap();
+    let server = ServerProcess::start_with(&args);
+    let (_, docs) = server_state(&server).await;
+    assert_eq!(docs["k"].as_str(), "\"one\"", "the server went back");
+
+    // a's k is at version 3, the server's at 1: a's edit must not rewrite
+    // on top of version 3 for ever.
+    a.set(GROUP, "k", "mine").await.unwrap();
+    for client in [&a, &b, &a, &b] {
+        tokio::time::timeout(std::time::Duration::from_secs(20), client.sync(GROUP))
+            .await
+            .expect("sync returns")
+            .unwrap();
+    }
+    let (_, docs) = server_state(&server).await;
+    assert_eq!(docs["k"].as_str(), "\"mine\"");
+    for client in [&a, &b] {
+        assert_eq!(client.raw_documents(GROUP).await.unwrap(), docs);
+    }
+}
+
+/// A native client kept in memory with a fixed device id (as the client's
+/// own example does) numbers its changes from 1 again after every restart:
+/// the server tells a reused number from a retry, the client takes a new id
+/// by itself, and neither write is lost nor does sync halt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_client_restarted_with_the_same_id_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data.db");
+    let server = ServerProcess::start(&["--db", db.to_str().unwrap()]);
+    let url = server.url("");
+    let first = Client::open(atomsync_client::Location::Memory, &url, "kiosk")
+        .await
+        .unwrap();
+    first.set(GROUP, "k", "from the first run").await.unwrap();
+    first.sync(GROUP).await.unwrap();
+    drop(first);
+    let second = Client::open(atomsync_client::Location::Memory, &url, "kiosk")
+        .await
+        .unwrap();
+    second.set(GROUP, "j", "from the second run").await.unwrap();
+    second.set(GROUP, "k", "edited blind").await.unwrap();
+    let report = second.sync(GROUP).await.unwrap();
+    let (_, docs) = server_state(&server).await;
+    assert_eq!(docs["j"].as_str(), "\"from the second run\"");
+    // k existed before this run knew of it: a reported conflict, not a
+    // write answered from the past.
+    assert_eq!(docs["k"].as_str(), "\"from the first run\"");
+    assert_eq!(report.conflicts.len(), 1, "{report:?}");
+    assert_eq!(report.conflicts[0].key, "k");
+    assert!(second.status(GROUP).await.unwrap().halted.is_none());
+}
