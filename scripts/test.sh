@@ -9,10 +9,13 @@ ATOMSYNC_NEED_BROWSER=1 source scripts/setup.sh
 echo "== fmt"; cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p atomsync-leptos --features hydrate --target wasm32-unknown-unknown --all-targets -- -D warnings
+cargo clippy -p atomsync-leptos --features ssr --all-targets -- -D warnings
 echo "== demo build (cargo leptos build: server + wasm)"; cargo leptos build
 echo "== tests (unit, property, simulation, end-to-end, browser)"
 cargo test --workspace --all-targets
 echo "== doc tests"; cargo test --workspace --doc
+echo "== server functions behind leptos_axum (ssr)"
+cargo test -p atomsync-leptos --features ssr --test server_fns
 echo "== IndexedDB adapter in headless Chromium (wasm-bindgen-test)"
 (cd atomsync-leptos &&
   CHROMEDRIVER="$(command -v chromedriver)" \

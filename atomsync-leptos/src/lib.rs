@@ -43,6 +43,8 @@
 pub mod browser;
 pub mod codec;
 mod docs;
+#[cfg(feature = "ssr")]
+mod guard;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
 pub mod idb_store;
 mod options;
@@ -59,7 +61,7 @@ pub use codec::{SExpr, SExprEncoding};
 pub use docs::Docs;
 pub use options::{ConflictCallback, Endpoint, ErrorCallback, UseSyncedAtomOptions};
 #[cfg(feature = "ssr")]
-pub use server_fns::provide_sync_service;
+pub use server_fns::{provide_sync_service, provide_sync_service_with_options};
 pub use use_synced_atom::{
     AtomStatus, AtomWriteGuard, AtomsyncContext, Document, InitialDocs, SyncedAtom,
     provide_atomsync, provide_atomsync_with_endpoint, use_synced_atom,

@@ -3,6 +3,14 @@
 //! `atomsync_server::SyncService` the host app provides as context (see
 //! [`provide_sync_service`]); in the browser they are the hook's default
 //! transport.
+//!
+//! On the server they are exactly as strict as the plain HTTP routes, with
+//! the same code: a request from a page of another site is refused with 403
+//! (the service's `atomsync_server::OriginPolicy`), a body without the
+//! protocol's content type with 415, a body over the limit with 413 and one
+//! that does not arrive in time with 408 (`atomsync_server::read_sexpr_body`),
+//! each with the protocol's S-expression `ErrorBody`, before the arguments
+//! are decoded. See `docs/security.md`.
 
 // The argument structs `#[server]` generates have undocumented fields.
 #![allow(missing_docs)]
@@ -19,6 +27,7 @@ pub type Reply<T> = Result<T, ErrorBody>;
 
 /// Pulls the documents of a group changed after a cursor.
 #[server(prefix = "/atomsync", endpoint = "pull", input = SExpr, output = SExpr)]
+#[middleware(crate::guard::ServerFnGuard)]
 pub async fn pull(
     token: Option<String>,
     request: PullRequest,
@@ -32,6 +41,7 @@ pub async fn pull(
 
 /// Pushes a batch of changes to a group.
 #[server(prefix = "/atomsync", endpoint = "push", input = SExpr, output = SExpr)]
+#[middleware(crate::guard::ServerFnGuard)]
 pub async fn push(
     token: Option<String>,
     request: PushRequest,
@@ -44,18 +54,31 @@ pub async fn push(
 }
 
 #[cfg(feature = "ssr")]
-pub use server::provide_sync_service;
+pub use server::{provide_sync_service, provide_sync_service_with_options};
 
 #[cfg(feature = "ssr")]
 mod server {
-    use atomsync_server::{Credentials, SyncService};
+    use atomsync_server::{Credentials, RouterOptions, SyncService};
     use leptos::prelude::*;
 
     /// Makes `service` the store behind atomsync's server functions (and the
     /// server-side rendering of `use_synced_atom`). Call it in the context
     /// closure of `leptos_routes_with_context`.
+    ///
+    /// The server functions check requests with the service's
+    /// `OriginPolicy` and the default `RouterOptions` (body size and time);
+    /// see [`provide_sync_service_with_options`].
     pub fn provide_sync_service(service: SyncService) {
         provide_context(service);
+    }
+
+    /// [`provide_sync_service`], with the body limits of `options`
+    /// ([`RouterOptions::max_body`], [`RouterOptions::body_timeout`]): pass
+    /// the options given to `atomsync_server::router_with_options`, so that
+    /// both ways in are equally strict.
+    pub fn provide_sync_service_with_options(service: SyncService, options: RouterOptions) {
+        provide_context(service);
+        provide_context(options);
     }
 
     /// The service in context and the caller's credentials: the token given

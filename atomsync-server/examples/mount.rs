@@ -78,6 +78,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let store = Store::open_in_memory()?;
+    // Cookies are sent with other sites' requests too: the service's
+    // OriginPolicy (same-origin by default) refuses those before the
+    // authorizer sees them (docs/security.md).
     let service = SyncService::with_authorizer(store, authorizer);
 
     let app = Router::new()
@@ -89,7 +92,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app)
+    // Like axum::serve, with timeouts and a cap on connections.
+    atomsync_server::serve(listener, app, atomsync_server::ServeOptions::default())
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
             service.shutdown();

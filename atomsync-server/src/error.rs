@@ -35,6 +35,26 @@ pub enum Error {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The request comes from a browser page of an origin the
+    /// [`OriginPolicy`](crate::OriginPolicy) does not accept (403).
+    #[error("cross-site request refused: {0}")]
+    CrossOrigin(String),
+    /// The request body did not arrive within the configured time (408; the
+    /// connection is closed).
+    #[error("the request body did not arrive within {seconds} s")]
+    BodyTimeout {
+        /// The time allowed, in seconds (rounded up).
+        seconds: u64,
+    },
+    /// A limit on concurrent use (like the number of `/events` streams) is
+    /// reached (503, with `Retry-After`).
+    #[error("too busy: {what}")]
+    Busy {
+        /// What is exhausted, for people.
+        what: String,
+        /// When to try again (sent as `Retry-After`, in whole seconds).
+        retry_after: std::time::Duration,
+    },
     /// The body does not declare the S-expression content type (415).
     #[error(
         "unsupported content type: send `Content-Type: {}`",
@@ -69,7 +89,9 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::CursorReset(_) | Error::MutationReused(_) => StatusCode::CONFLICT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) | Error::CrossOrigin(_) => StatusCode::FORBIDDEN,
+            Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -87,7 +109,9 @@ impl Error {
             Error::CursorReset(m) => (ErrorCode::CursorReset, m.clone()),
             Error::MutationReused(m) => (ErrorCode::MutationReused, m.clone()),
             Error::Unauthorized => (ErrorCode::Unauthorized, self.to_string()),
-            Error::Forbidden(_) => (ErrorCode::Forbidden, self.to_string()),
+            Error::Forbidden(_) | Error::CrossOrigin(_) => (ErrorCode::Forbidden, self.to_string()),
+            Error::BodyTimeout { .. } => (ErrorCode::BadRequest, self.to_string()),
+            Error::Busy { .. } => (ErrorCode::Unavailable, self.to_string()),
             Error::PayloadTooLarge { .. } => (ErrorCode::TooLarge, self.to_string()),
             Error::UnsupportedMediaType => (ErrorCode::BadRequest, self.to_string()),
             Error::Unavailable => (
@@ -106,16 +130,32 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if let Error::Busy { .. } = self {
+            // Expected under load or attack: not an error of the server.
+            tracing::warn!(error = %self, "request refused");
+        } else if let Error::CrossOrigin(_) = self {
+            tracing::info!(error = %self, "request refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         } else {
             tracing::debug!(error = %self, "request refused");
         }
         let mut response = sexpr_response(status, &self.body());
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let headers = response.headers_mut();
+        match &self {
+            Error::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Error::BodyTimeout { .. } => {
+                // The rest of the body may still come: do not read it as the
+                // next request.
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Error::Busy { retry_after, .. } => {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            _ => {}
         }
         response
     }

@@ -79,18 +79,29 @@
 //!   strings and S-expression bodies and maps every failure to an [`Error`],
 //!   whose response is an S-expression
 //!   [`ErrorBody`](atomsync_core::protocol::ErrorBody).
+//! - Security rules live in one place each, shared by the routes and the
+//!   Leptos server functions: the service's [`OriginPolicy`] (cross-site
+//!   requests) and [`read_sexpr_body`] (content type, body size and time).
+//!   The router caps its `/events` streams; [`serve`] bounds connections
+//!   (header and idle timeouts, how many at once). See `docs/security.md`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod auth;
 mod error;
 mod history;
+mod limits;
+mod origin;
 mod routes;
+mod serve;
 mod service;
 mod store;
 
 pub use auth::{AllowAll, AuthError, Authorizer, Credentials, TokenFile};
 pub use error::{Error, Result};
+pub use limits::read_sexpr_body;
+pub use origin::OriginPolicy;
 pub use routes::{RouterOptions, router, router_with_options};
+pub use serve::{Serve, ServeOptions, serve};
 pub use service::{Subscription, SyncService};
 pub use store::{Store, StoreOptions, StoreStats, Synchronous};

@@ -4,14 +4,19 @@
 //! atomsync-server --port 8090 --db my-data.db [--users users.toml] [--bind 127.0.0.1]
 //! atomsync-server 8090 my-data.db
 //! ```
+//!
+//! Limits (see `docs/security.md`): `--header-timeout`, `--body-timeout`,
+//! `--idle-timeout` (seconds), `--max-connections`, `--max-subscribers`.
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use atomsync_server::{
-    RouterOptions, Store, StoreOptions, SyncService, Synchronous, TokenFile, router_with_options,
+    OriginPolicy, RouterOptions, ServeOptions, Store, StoreOptions, SyncService, Synchronous,
+    TokenFile, router_with_options,
 };
 use axum::Router;
 use clap::{Parser, ValueEnum};
@@ -53,13 +58,39 @@ struct Args {
     bind: IpAddr,
 
     /// An origin (like https://app.example.com) whose browser pages may call
-    /// the server; repeat for more, `*` for any. None by default.
+    /// the server (CORS, and the cross-site check); repeat for more. `*`
+    /// allows any origin and turns the cross-site check off: only with
+    /// bearer tokens. None by default: only same-origin pages and clients
+    /// that are not browsers.
     #[arg(long = "allow-origin", value_name = "URL")]
     allow_origin: Vec<String>,
 
     /// The largest accepted request body, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = RouterOptions::default().max_body)]
     max_body: usize,
+
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, value_name = "SECONDS", default_value_t = Seconds(ServeOptions::default().header_timeout))]
+    header_timeout: Seconds,
+
+    /// Seconds a request body may take to arrive (then 408).
+    #[arg(long, value_name = "SECONDS", default_value_t = Seconds(RouterOptions::default().body_timeout))]
+    body_timeout: Seconds,
+
+    /// Seconds a connection may stay without reading or writing a byte
+    /// (event streams send a heartbeat every 15 s).
+    #[arg(long, value_name = "SECONDS", default_value_t = Seconds(ServeOptions::default().idle_timeout))]
+    idle_timeout: Seconds,
+
+    /// Connections served at once; more wait to be accepted. Keep it well
+    /// under `ulimit -n`.
+    #[arg(long, value_name = "N", default_value_t = ServeOptions::default().max_connections)]
+    max_connections: usize,
+
+    /// Event streams (/events) served at once; more get 503 with
+    /// Retry-After.
+    #[arg(long, value_name = "N", default_value_t = RouterOptions::default().max_subscribers)]
+    max_subscribers: usize,
 
     /// How hard each commit waits for the disk.
     #[arg(long, value_enum, default_value_t = Sync::Full)]
@@ -118,6 +149,29 @@ enum Sync {
     Off,
 }
 
+/// A duration given in (possibly fractional) seconds, like `10` or `0.5`.
+#[derive(Debug, Clone, Copy)]
+struct Seconds(Duration);
+
+impl std::str::FromStr for Seconds {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .filter(|d| !d.is_zero())
+            .map(Seconds)
+            .ok_or_else(|| format!("`{text}` is not a positive number of seconds"))
+    }
+}
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -159,6 +213,16 @@ async fn run(args: Args) -> Result<(), String> {
         Sync::Off => Synchronous::Off,
     };
     let cors = cors(&args.allow_origin)?;
+    // The same list decides which pages pass the cross-site check.
+    let origins = OriginPolicy::from_list(&args.allow_origin).map_err(|e| e.to_string())?;
+    if args.max_subscribers >= args.max_connections {
+        tracing::warn!(
+            max_subscribers = args.max_subscribers,
+            max_connections = args.max_connections,
+            "--max-subscribers is not below --max-connections: event streams can take every \
+             connection"
+        );
+    }
 
     let store_path = db.clone();
     let store = tokio::task::spawn_blocking(move || {
@@ -196,11 +260,15 @@ async fn run(args: Args) -> Result<(), String> {
             tracing::warn!("no --users file: every request may use every group");
             SyncService::new(store)
         }
-    };
+    }
+    .with_origin_policy(origins);
 
     let mut app: Router = router_with_options(
         service.clone(),
-        RouterOptions::default().max_body(args.max_body),
+        RouterOptions::default()
+            .max_body(args.max_body)
+            .body_timeout(args.body_timeout.0)
+            .max_subscribers(args.max_subscribers),
     );
     if let Some(cors) = cors {
         app = app.layer(cors);
@@ -215,7 +283,11 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(%address, "listening");
 
     let signal_service = service.clone();
-    axum::serve(listener, app)
+    let limits = ServeOptions::default()
+        .header_timeout(args.header_timeout.0)
+        .idle_timeout(args.idle_timeout.0)
+        .max_connections(args.max_connections);
+    atomsync_server::serve(listener, app, limits)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");

@@ -2,15 +2,16 @@
 //! notifications, shared by the HTTP routes and server functions.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, PoisonError, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use atomsync_core::protocol::{self, Cursor, PullRequest, PullResponse, PushRequest, PushResponse};
 use futures_util::Stream;
+use http::HeaderMap;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::auth::{AllowAll, Authorizer, Credentials};
-use crate::{Error, Result, Store};
+use crate::{Error, OriginPolicy, Result, Store};
 
 /// How many jobs may wait for the store before callers get
 /// [`Error::Unavailable`].
@@ -63,6 +64,7 @@ struct Inner {
     jobs: mpsc::SyncSender<Message>,
     shared: Arc<Shared>,
     authorizer: Box<dyn Authorizer>,
+    origin: RwLock<OriginPolicy>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -123,9 +125,52 @@ impl SyncService {
                 jobs,
                 shared,
                 authorizer: Box::new(authorizer),
+                origin: RwLock::new(OriginPolicy::default()),
                 shutdown,
             }),
         }
+    }
+
+    /// `self` with the [`OriginPolicy`] that decides which browser pages may
+    /// call it ([`OriginPolicy::same_origin`] by default), for every clone
+    /// (see [`SyncService::set_origin_policy`]).
+    pub fn with_origin_policy(self, policy: OriginPolicy) -> Self {
+        self.set_origin_policy(policy);
+        self
+    }
+
+    /// Replaces the [`OriginPolicy`] of this service and all its clones. The
+    /// HTTP routes and the Leptos server functions both check it (through
+    /// [`SyncService::check_origin`]), so one setting covers both.
+    pub fn set_origin_policy(&self, policy: OriginPolicy) {
+        *self
+            .inner
+            .origin
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
+    /// The current [`OriginPolicy`].
+    pub fn origin_policy(&self) -> OriginPolicy {
+        self.inner
+            .origin
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Checks a request's headers against the [`OriginPolicy`]
+    /// ([`OriginPolicy::check`]): the first check of every request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CrossOrigin`] (403) for a page of another site.
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<()> {
+        self.inner
+            .origin
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(headers)
     }
 
     /// The identity of the served database.

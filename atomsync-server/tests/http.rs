@@ -253,19 +253,33 @@ async fn cors_only_for_configured_origins() {
         response.headers()["access-control-allow-origin"],
         "https://app.example"
     );
+    // The allowed origin passes the cross-site check too.
+    let response = client
+        .get(server.url("/sync?group=g"))
+        .header("origin", "https://app.example")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Another origin gets neither CORS headers nor an answer (403: the same
+    // --allow-origin list feeds the cross-site check).
     let response = client
         .get(server.url("/sync?group=g"))
         .header("origin", "https://evil.example")
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 403);
     assert!(
         response
             .headers()
             .get("access-control-allow-origin")
             .is_none()
     );
+    let body = decode_error(&response.bytes().await.unwrap());
+    assert_eq!(body.error, ErrorCode::Forbidden);
+    assert!(body.message.contains("cross-site"), "{}", body.message);
 }
 
 #[test]
@@ -284,6 +298,11 @@ fn the_binary_explains_itself_and_refuses_bad_arguments() {
         "--bind",
         "--allow-origin",
         "--max-body",
+        "--header-timeout",
+        "--body-timeout",
+        "--idle-timeout",
+        "--max-connections",
+        "--max-subscribers",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }

@@ -46,7 +46,11 @@ impl Transcript {
             .await
             .unwrap();
         text += &format!("\nHTTP/1.1 {}\n", response.status());
-        for name in [header::CONTENT_TYPE, header::WWW_AUTHENTICATE] {
+        for name in [
+            header::CONTENT_TYPE,
+            header::WWW_AUTHENTICATE,
+            header::RETRY_AFTER,
+        ] {
             if let Some(value) = response.headers().get(&name) {
                 text += &format!(
                     "{}: {}\n",
@@ -222,6 +226,24 @@ async fn transcript() -> Transcript {
         )],
     );
     t.exchange(&app, "error-too-large", post(None, big)).await;
+    t.exchange(
+        &app,
+        "error-cross-site",
+        Request::post("/sync")
+            .header(header::HOST, "127.0.0.1:8090")
+            .header(header::ORIGIN, "https://evil.example")
+            .header("sec-fetch-site", "cross-site")
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from(
+                r#"((group . "todo") (client_id . "x") (changes . #()))"#,
+            ))
+            .unwrap(),
+    )
+    .await;
+    // A router whose event-stream slots are all taken (here: none at all).
+    let full = router_with_options(service.clone(), RouterOptions::default().max_subscribers(0));
+    t.exchange(&full, "error-busy", get("/events?group=todo"))
+        .await;
     t.exchange(
         &app,
         "error-cursor",

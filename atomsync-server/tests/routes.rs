@@ -11,7 +11,7 @@ use atomsync_core::protocol::{
 };
 use atomsync_core::sexpr;
 use atomsync_server::{
-    AuthError, Credentials, RouterOptions, Store, SyncService, TokenFile, router,
+    AuthError, Credentials, OriginPolicy, RouterOptions, Store, SyncService, TokenFile, router,
     router_with_options,
 };
 use axum::Router;
@@ -713,4 +713,112 @@ async fn the_router_mounts_under_a_prefix_next_to_other_routes() {
         send(&app, get("/sync?group=g")).await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+/// A request as a browser page on `origin` sends it to `127.0.0.1:3000`.
+fn from_page(
+    mut request: Request<Body>,
+    origin: Option<&str>,
+    site: Option<&str>,
+) -> Request<Body> {
+    let headers = request.headers_mut();
+    headers.insert(header::HOST, "127.0.0.1:3000".parse().unwrap());
+    if let Some(origin) = origin {
+        headers.insert(header::ORIGIN, origin.parse().unwrap());
+    }
+    if let Some(site) = site {
+        headers.insert("sec-fetch-site", site.parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn cross_site_requests_are_403_on_every_route_and_store_nothing() {
+    let (service, app) = seeded().await;
+    let before = snapshot(&service).await;
+    let body = push_body("g", "evil", vec![change(1, "a", 1, Some("\"pwned\""))]);
+    for (origin, site) in [
+        (Some("http://evil.example"), Some("cross-site")),
+        (Some("http://evil.example"), None),
+        (None, Some("cross-site")),
+        (Some("http://blog.127.0.0.1:3000"), Some("same-site")),
+        (Some("null"), None),
+    ] {
+        // Every content type a page can send without a preflight, and ours
+        // (which a page cannot send cross-site without passing CORS).
+        for content_type in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            CONTENT_TYPE,
+        ] {
+            let request = Request::post("/sync")
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Body::from(body.clone()))
+                .unwrap();
+            let reply = send(&app, from_page(request, origin, site)).await;
+            let message = reply.expect_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden);
+            assert!(message.contains("cross-site"), "{message}");
+        }
+        for uri in ["/sync?group=g", "/events?group=g"] {
+            let reply = send(&app, from_page(get(uri), origin, site)).await;
+            reply.expect_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden);
+        }
+    }
+    assert_eq!(snapshot(&service).await, before);
+
+    // The same page's own requests, and clients that are not browsers, pass.
+    for (origin, site) in [
+        (Some("http://127.0.0.1:3000"), Some("same-origin")),
+        (Some("http://127.0.0.1:3000"), None),
+        (None, Some("same-origin")),
+        (None, None),
+    ] {
+        let reply = send(&app, from_page(get("/sync?group=g"), origin, site)).await;
+        let _: PullResponse = reply.decode();
+    }
+    let request = from_page(
+        post(push_body(
+            "g",
+            "own",
+            vec![change(1, "a", 1, Some("\"mine\""))],
+        )),
+        Some("http://127.0.0.1:3000"),
+        Some("same-origin"),
+    );
+    let pushed: PushResponse = send(&app, request).await.decode();
+    assert!(matches!(pushed.results[0], ChangeResult::Accepted { .. }));
+}
+
+#[tokio::test]
+async fn the_origin_policy_of_the_service_decides_which_other_origins_pass() {
+    let service = common::service().with_origin_policy(
+        OriginPolicy::same_origin()
+            .allow("https://app.example.com")
+            .unwrap(),
+    );
+    let app = router(service.clone());
+    let allowed = from_page(
+        get("/sync?group=g"),
+        Some("https://app.example.com"),
+        Some("cross-site"),
+    );
+    let _: PullResponse = send(&app, allowed).await.decode();
+    let other = from_page(
+        get("/sync?group=g"),
+        Some("https://other.example.com"),
+        Some("same-site"),
+    );
+    send(&app, other)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, ErrorCode::Forbidden);
+
+    // Set on a clone, it holds for the router made before.
+    service.clone().set_origin_policy(OriginPolicy::any());
+    let anyone = from_page(
+        get("/sync?group=g"),
+        Some("https://other.example.com"),
+        Some("cross-site"),
+    );
+    let _: PullResponse = send(&app, anyone).await.decode();
 }

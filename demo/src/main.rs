@@ -20,6 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = std::env::var("ATOMSYNC_DB").unwrap_or_else(|_| "atomsync-demo.db".to_owned());
     let service = SyncService::new(Store::open(&db, StoreOptions::default())?);
 
+    let signal_service = service.clone();
     let routes = generate_route_list(App);
     let context = {
         let service = service.clone();
@@ -47,9 +48,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&leptos_options.site_addr).await?;
     // Tests read this line to find the port when site_addr ends in `:0`.
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(async {
+    // axum::serve with timeouts and a cap on connections (docs/security.md).
+    atomsync_server::serve(listener, app, atomsync_server::ServeOptions::default())
+        .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
+            // End the event streams, or the shutdown would wait for them.
+            signal_service.shutdown();
         })
         .await?;
     Ok(())
