@@ -233,6 +233,29 @@ async fn push_accepts_a_content_type_with_parameters() {
     let _: PushResponse = send(&app, request).await.decode();
 }
 
+/// A document value has a depth of its own: a chain of 300 nested structs
+/// (900 levels) goes through the HTTP route and back, although a message
+/// may nest only 256 levels.
+#[tokio::test]
+async fn deep_document_values_travel_through_the_routes() {
+    let (_service, app) = seeded().await;
+    let deep = format!("{}1{}", "(".repeat(900), ")".repeat(900));
+    let body = push_body("g", "c", vec![change(1, "deep", 0, Some(&deep))]);
+    let response: PushResponse = send(&app, post(body)).await.decode();
+    assert!(matches!(
+        response.results[0],
+        ChangeResult::Accepted { version: 1, .. }
+    ));
+    let page: PullResponse = send(&app, get("/sync?group=g")).await.decode();
+    let value = page
+        .documents
+        .iter()
+        .find(|d| d.key == "deep")
+        .and_then(|d| d.value.clone())
+        .unwrap();
+    assert_eq!(value.as_str(), deep);
+}
+
 #[tokio::test]
 async fn events_send_the_current_cursor_then_each_change() {
     let (service, app) = seeded().await;
