@@ -56,7 +56,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         resolution TEXT NOT NULL,
         PRIMARY KEY (grp, id)
     ) STRICT, WITHOUT ROWID;",
-    // 2: what a conflict report is about (`write` or `reset`).
+    // 2: what a conflict report is about (`write`, `reset` or `too-large`).
     "ALTER TABLE conflicts ADD COLUMN cause TEXT NOT NULL DEFAULT 'write';",
 ];
 
@@ -64,6 +64,7 @@ fn cause_text(cause: ConflictCause) -> &'static str {
     match cause {
         ConflictCause::Write => "write",
         ConflictCause::Reset => "reset",
+        ConflictCause::TooLarge => "too-large",
     }
 }
 
@@ -71,7 +72,10 @@ fn cause_from_text(text: &str) -> Result<ConflictCause, String> {
     match text {
         "write" => Ok(ConflictCause::Write),
         "reset" => Ok(ConflictCause::Reset),
-        other => Err(format!("cause {other:?}: expected `write` or `reset`")),
+        "too-large" => Ok(ConflictCause::TooLarge),
+        other => Err(format!(
+            "cause {other:?}: expected `write`, `reset` or `too-large`"
+        )),
     }
 }
 

@@ -1209,3 +1209,101 @@ fn low_water_marks_keep_the_servers_answers_bounded() {
     }
     assert_eq!(a.engine.low_water(), 501);
 }
+
+// ----- pushes sized by bytes (issue #9) -----
+
+/// Pushes take changes while their encoded body stays under the limit,
+/// whatever the count.
+#[test]
+fn pushes_are_sized_by_bytes_not_only_by_count() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_options("a/todo", EngineOptions::default().max_push_bytes(1000));
+    for i in 0..6 {
+        a.set(&format!("k{i}"), &format!("\"{}\"", "x".repeat(300)));
+    }
+    let mut sizes = Vec::new();
+    while let Some(request) = a.engine.next_push(0) {
+        let body = atomsync_core::sexpr::to_vec(&request).unwrap();
+        assert!(body.len() <= 1000, "a push of {} bytes", body.len());
+        sizes.push(request.changes.len());
+        let response = server.push(&request).unwrap();
+        a.answer_push(&request, response);
+    }
+    assert_eq!(sizes, [2, 2, 2]);
+    assert_eq!(server.documents(GROUP).len(), 6);
+}
+
+/// A value no push could carry is refused at the write, with the reason.
+#[test]
+fn a_write_larger_than_any_push_is_refused_at_once() {
+    let mut a = Client::with_options("a/todo", EngineOptions::default().max_push_bytes(500));
+    let error = a
+        .engine
+        .set("big", raw(&format!("\"{}\"", "x".repeat(600))))
+        .unwrap_err();
+    match &error {
+        EngineError::TooLarge { key, bytes, limit } => {
+            assert_eq!(key, "big");
+            assert!(*bytes > 600 && *limit == 500);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(error.to_string().contains("too large"), "{error}");
+    assert_eq!(a.engine.pending_len(), 0);
+    assert_eq!(a.get("big"), None);
+}
+
+/// A server with a smaller body limit answers 413: a push of several is
+/// split, one change too large alone is dropped and reported, and every
+/// other key goes on syncing, a later write to the same key included.
+#[test]
+fn too_large_for_the_server_splits_pushes_and_refuses_one_alone() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_policy("a/todo", ConflictPolicy::ServerWins);
+    a.set("small", "1");
+    a.set("big", &format!("\"{}\"", "x".repeat(2000)));
+    a.set("other", "2");
+    // The server takes at most 1000 bytes.
+    let too_large =
+        |request: &PushRequest| atomsync_core::sexpr::to_vec(request).unwrap().len() > 1000;
+    let refusal = Failure::Error(ErrorBody {
+        error: ErrorCode::TooLarge,
+        message: "request body is larger than the limit of 1000 bytes".to_owned(),
+    });
+    assert_eq!(refusal.kind(), FailureKind::TooLarge);
+    assert_eq!(Failure::Status(413).kind(), FailureKind::TooLarge);
+    let mut reports = Vec::new();
+    let mut rounds = 0;
+    while let Some(request) = a.engine.next_push(0) {
+        rounds += 1;
+        assert!(rounds < 10, "pushes never settle");
+        let effects = if too_large(&request) {
+            a.engine.on_push_error(&request, &refusal, 0, 0.0)
+        } else {
+            let response = server.push(&request).unwrap();
+            a.engine.on_push_response(&request, response)
+        };
+        assert_eq!(a.engine.status().halted, None);
+        assert_eq!(a.engine.ready_at(), None, "no backoff");
+        reports.extend(a.apply(effects).conflicts);
+        if a.engine.is_pending("big") && !a.engine.is_pending("small") {
+            // While the big one waits, a later write to it queues behind.
+            if !a
+                .engine
+                .pending()
+                .any(|c| c.key == "big" && c.value == Some(raw("3")))
+            {
+                a.set("big", "3");
+            }
+        }
+    }
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].cause, ConflictCause::TooLarge);
+    assert_eq!(reports[0].key, "big");
+    assert_eq!(reports[0].resolution, Resolution::ServerWins);
+    assert!(reports[0].local.as_ref().unwrap().as_str().len() > 2000);
+    assert_eq!(server_value(&server, "small"), Some((1, Some("1".into()))));
+    assert_eq!(server_value(&server, "other"), Some((1, Some("2".into()))));
+    assert_eq!(server_value(&server, "big"), Some((1, Some("3".into()))));
+    assert_eq!(a.engine.pending_len(), 0);
+}

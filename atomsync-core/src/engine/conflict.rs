@@ -72,6 +72,10 @@ pub enum ConflictCause {
     /// [`ConflictPolicy::ClientWins`] (or a merge that keeps a value) it is
     /// uploaded again as a new write.
     Reset,
+    /// A local write larger than the server takes (413, alone in its push):
+    /// it was dropped, the document shows the server's value again, and
+    /// `local` is the refused value.
+    TooLarge,
 }
 
 /// A report of a local write the server refused because another write got

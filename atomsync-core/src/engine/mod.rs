@@ -160,7 +160,8 @@ pub use storage::{
 };
 
 use crate::protocol::{
-    self, ChangeResult, Cursor, Document, PullRequest, PullResponse, PushRequest, PushResponse,
+    self, Change, ChangeResult, Cursor, Document, PullRequest, PullResponse, PushRequest,
+    PushResponse,
 };
 use crate::sexpr::Raw;
 
@@ -178,6 +179,11 @@ fn tag_epoch(tag: &str) -> &str {
 /// The change number a stale document's tag was learnt at, if it says.
 fn tag_seq(tag: &str) -> Option<u64> {
     tag.split_once('.').and_then(|(_, seq)| seq.parse().ok())
+}
+
+/// The encoded size of a change inside a push (with the space before it).
+fn change_bytes(change: &Change) -> usize {
+    crate::sexpr::to_vec(change).map_or(usize::MAX / 4, |body| body.len() + 1)
 }
 
 /// FNV-1a, 64 bits (not cryptographic).
@@ -198,6 +204,15 @@ pub struct EngineOptions {
     /// Most changes per push. Default 100 (at most
     /// [`protocol::MAX_PUSH_CHANGES`]).
     pub push_batch: usize,
+    /// The largest push, in bytes of its encoded body (4 MiB less 64 KiB by
+    /// default, under the server's default body limit with room for a
+    /// server function's envelope). Pushes take changes until the next one
+    /// would pass it; a single change that passes it on its own is refused
+    /// at [`Engine::set`] ([`EngineError::TooLarge`]). A server that answers
+    /// 413 all the same teaches the engine a smaller limit (until restart),
+    /// and a change refused alone is dropped and reported
+    /// ([`ConflictCause::TooLarge`]).
+    pub max_push_bytes: usize,
     /// Page size asked for in pulls; `None` (the default) takes the server's.
     pub pull_limit: Option<u32>,
     /// The retry schedule after temporary failures.
@@ -209,6 +224,7 @@ impl Default for EngineOptions {
         EngineOptions {
             policy: ConflictPolicy::default(),
             push_batch: 100,
+            max_push_bytes: (4 << 20) - (64 << 10),
             pull_limit: None,
             backoff: Backoff::default(),
         }
@@ -225,6 +241,12 @@ impl EngineOptions {
     /// Sets [`EngineOptions::push_batch`] (clamped to 1..=[`protocol::MAX_PUSH_CHANGES`]).
     pub fn push_batch(mut self, changes: usize) -> Self {
         self.push_batch = changes.clamp(1, protocol::MAX_PUSH_CHANGES);
+        self
+    }
+
+    /// Sets [`EngineOptions::max_push_bytes`].
+    pub fn max_push_bytes(mut self, bytes: usize) -> Self {
+        self.max_push_bytes = bytes;
         self
     }
 
@@ -321,6 +343,8 @@ pub struct Engine {
     failures: u32,
     ready_at: Option<u64>,
     halted: Option<Halt>,
+    /// A push limit the server taught by answering 413 (not persisted).
+    learned_push_bytes: Option<usize>,
     out: Out,
 }
 
@@ -443,6 +467,7 @@ impl Engine {
             failures: 0,
             ready_at: None,
             halted: None,
+            learned_push_bytes: None,
             out: Out::default(),
         }
     }
@@ -597,6 +622,21 @@ impl Engine {
 
     fn write(&mut self, key: String, value: Option<Raw>) -> Result<Effects, EngineError> {
         protocol::validate_key(&key).map_err(EngineError::InvalidKey)?;
+        let probe = Change {
+            mutation: protocol::MAX_VERSION,
+            key,
+            base_version: protocol::MAX_VERSION,
+            value,
+        };
+        let bytes = self.envelope_bytes() + change_bytes(&probe);
+        if bytes > self.options.max_push_bytes {
+            return Err(EngineError::TooLarge {
+                key: probe.key,
+                bytes,
+                limit: self.options.max_push_bytes,
+            });
+        }
+        let Change { key, value, .. } = probe;
         let (head, queued) = match self.by_key.get(&key) {
             Some(list) => (
                 list.first().copied(),
@@ -685,8 +725,23 @@ impl Engine {
             return None;
         }
         heads.sort_unstable();
-        heads.truncate(self.options.push_batch.clamp(1, protocol::MAX_PUSH_CHANGES));
-        let changes = heads.iter().map(|m| self.pending[m].to_change()).collect();
+        // Changes in queue order, while they fit the count and the bytes; a
+        // first change larger than the limit goes alone (the server refuses
+        // it alone, and it is reported).
+        let count = self.options.push_batch.clamp(1, protocol::MAX_PUSH_CHANGES);
+        let limit = self.push_limit();
+        let mut bytes = self.envelope_bytes();
+        let mut changes: Vec<Change> = Vec::new();
+        for mutation in &heads {
+            let change = self.pending[mutation].to_change();
+            let size = change_bytes(&change);
+            if !changes.is_empty() && (changes.len() == count || bytes + size > limit) {
+                break;
+            }
+            bytes += size;
+            changes.push(change);
+        }
+        heads.truncate(changes.len());
         self.push_in_flight = Some(heads);
         Some(PushRequest {
             group: self.meta.group.clone(),
@@ -843,6 +898,17 @@ impl Engine {
                 // This client id numbered again (it lost its state once):
                 // push the same changes under a new id, at once.
                 FailureKind::MutationReused => self.rename(jitter),
+                // Too large for the server: one change is refused alone;
+                // several are split (the limit is learnt), at once.
+                FailureKind::TooLarge => match request.changes.as_slice() {
+                    [single] => self.refuse_too_large(single.mutation),
+                    _ => {
+                        let sent = self.envelope_bytes()
+                            + request.changes.iter().map(change_bytes).sum::<usize>();
+                        let half = (sent / 2).max(self.envelope_bytes() + 1);
+                        self.learned_push_bytes = Some(half.min(self.push_limit()));
+                    }
+                },
                 // A push has no cursor: a reset answer to it is a server fault.
                 FailureKind::CursorReset => {
                     self.failed(FailureKind::Temporary, failure, now_ms, jitter);
@@ -915,6 +981,52 @@ impl Engine {
         self.meta_dirty = true;
     }
 
+    /// The push limit in force: the configured one, or less if the server
+    /// taught it.
+    fn push_limit(&self) -> usize {
+        self.learned_push_bytes
+            .map_or(self.options.max_push_bytes, |learned| {
+                learned.min(self.options.max_push_bytes)
+            })
+    }
+
+    /// The encoded size of a push of this engine with no changes.
+    fn envelope_bytes(&self) -> usize {
+        let empty = PushRequest {
+            group: self.meta.group.clone(),
+            client_id: self.meta.client_id.clone(),
+            changes: Vec::new(),
+            low_water: Some(protocol::MAX_VERSION),
+        };
+        crate::sexpr::to_vec(&empty).map_or(0, |body| body.len())
+    }
+
+    /// Drops a pending change the server refused as too large on its own,
+    /// and reports it; a write queued behind it goes next, on the same base.
+    fn refuse_too_large(&mut self, mutation: u64) {
+        let Some(change) = self.remove_pending(mutation) else {
+            return;
+        };
+        if let Some(&next) = self.by_key.get(&change.key).map(|list| &list[0]) {
+            let mut next = self.pending[&next].clone();
+            next.base_version = change.base_version;
+            self.put_pending(next);
+        }
+        let (server, server_version) = self
+            .docs
+            .get(&change.key)
+            .map_or((None, 0), |doc| (doc.value.clone(), doc.version));
+        self.report(Conflict {
+            id: 0,
+            key: change.key,
+            local: change.value,
+            server,
+            server_version,
+            resolution: Resolution::ServerWins,
+            cause: ConflictCause::TooLarge,
+        });
+    }
+
     fn next_mutation(&mut self) -> u64 {
         let mutation = self.meta.next_mutation;
         self.meta.next_mutation += 1;
@@ -958,7 +1070,7 @@ impl Engine {
     fn failed(&mut self, kind: FailureKind, failure: &Failure, now_ms: u64, jitter: f64) {
         match kind {
             // Handled where it can happen (pushes); elsewhere a server fault.
-            FailureKind::MutationReused => {
+            FailureKind::MutationReused | FailureKind::TooLarge => {
                 self.failed(FailureKind::Temporary, failure, now_ms, jitter);
             }
             FailureKind::Auth | FailureKind::Permanent => {

@@ -32,8 +32,8 @@ use std::panic::{self, AssertUnwindSafe};
 
 use super::{SimRng, SimServer};
 use crate::engine::{
-    Backoff, ConflictCause, ConflictPolicy, Effects, Engine, EngineOptions, Failure, FailureKind,
-    MemoryStorage, Storage,
+    Backoff, ConflictCause, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, Failure,
+    FailureKind, MemoryStorage, Storage,
 };
 use crate::protocol::{
     ChangeResult, Cursor, Document, ErrorBody, ErrorCode, MAX_PULL_LIMIT, PullRequest,
@@ -122,6 +122,12 @@ pub struct SimStats {
     pub mutation_reuses: u64,
     /// Documents reported as removed by a reset to another database.
     pub reset_reports: u64,
+    /// Writes the engine refused as larger than any push may be.
+    pub refused_writes: u64,
+    /// Pushes the server refused as too large (413).
+    pub too_large_pushes: u64,
+    /// Changes refused alone as too large, and reported.
+    pub too_large_reports: u64,
 }
 
 impl SimStats {
@@ -156,6 +162,10 @@ impl SimStats {
             self.mutation_reuses > 0 && self.reset_reports > 0,
             "{self:?}"
         );
+        assert!(
+            self.refused_writes > 0 && self.too_large_pushes > 0 && self.too_large_reports > 0,
+            "{self:?}"
+        );
     }
 
     fn add(&mut self, other: &SimStats) {
@@ -181,6 +191,9 @@ impl SimStats {
         self.storage_losses += other.storage_losses;
         self.mutation_reuses += other.mutation_reuses;
         self.reset_reports += other.reset_reports;
+        self.refused_writes += other.refused_writes;
+        self.too_large_pushes += other.too_large_pushes;
+        self.too_large_reports += other.too_large_reports;
     }
 }
 
@@ -275,6 +288,11 @@ pub fn simulate<S: SimServer>(
 }
 
 const TIMEOUT_MS: u64 = 100;
+/// The largest push body the simulated server takes (413 beyond it): below
+/// what the engines are configured with, so they learn it.
+const SERVER_MAX_BODY: usize = 900;
+/// What the engines are configured with.
+const ENGINE_MAX_PUSH: usize = 2000;
 const MAX_DELAY_MS: u64 = 40;
 const QUIESCENCE_ROUNDS: usize = 40;
 
@@ -359,8 +377,8 @@ struct Sim<S> {
     /// then (acknowledgements and purges), put back with it.
     checkpoint: Option<(u64, Acks, Purged)>,
     step_no: u64,
-    /// A restore or a storage loss happened: an engine may then collide
-    /// with a write of its own that it no longer knows of.
+    /// A restore, a storage loss or a purge happened: an engine may then
+    /// collide with a write of its own that it no longer knows of.
     history_lost: bool,
     stats: SimStats,
     trace: Option<Vec<String>>,
@@ -385,6 +403,7 @@ impl<S: SimServer> Sim<S> {
                     _ => ConflictPolicy::merge(|_, local, server| local.max(server).cloned()),
                 };
                 let options = EngineOptions::default()
+                    .max_push_bytes(ENGINE_MAX_PUSH)
                     .policy(policy)
                     .push_batch(rng.between(1, 4) as usize)
                     .pull_limit(Some(rng.between(1, 5) as u32))
@@ -527,24 +546,51 @@ impl<S: SimServer> Sim<S> {
             None
         } else {
             self.next_value += 1;
-            let text = format!("\"c{}v{}\"", self.slots[index].client, self.next_value);
+            // Mostly small values; some that make pushes of several too
+            // large for the server, some too large for it alone, and a few
+            // larger than any push may be.
+            let padding = match self.rng.unit() {
+                r if r < 0.03 => 250,
+                r if r < 0.04 => SERVER_MAX_BODY,
+                r if r < 0.045 => ENGINE_MAX_PUSH,
+                _ => 0,
+            };
+            let text = format!(
+                "\"c{}v{}{}\"",
+                self.slots[index].client,
+                self.next_value,
+                "x".repeat(padding)
+            );
             Some(Raw::from_text(&text).expect("a string datum"))
         };
         self.stats.writes += 1;
-        self.log(|| format!("slot {index}: write {key} = {value:?}"));
+        self.log(|| {
+            format!(
+                "slot {index}: write {key} = {:?}",
+                value.as_ref().map(|v| v.as_str().len())
+            )
+        });
         let slot = &mut self.slots[index];
         // Writes still visible are overwritten by the user: accounted for.
         let visible = slot.engine.get(&key).cloned();
-        let list = slot.unaccounted.entry(key.clone()).or_default();
+        let result = match value.clone() {
+            Some(value) => slot.engine.set(key.clone(), value),
+            None => slot.engine.delete(key.clone()),
+        };
+        let effects = match result {
+            Ok(effects) => effects,
+            // Refused at once, never visible: the user is told.
+            Err(EngineError::TooLarge { .. }) => {
+                self.stats.refused_writes += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(format!("write refused: {e}")),
+        };
+        let list = slot.unaccounted.entry(key).or_default();
         if list.last() == Some(&visible) {
             list.clear();
         }
-        list.push(value.clone());
-        let effects = match value {
-            Some(value) => slot.engine.set(key, value),
-            None => slot.engine.delete(key),
-        }
-        .map_err(|e| format!("write refused: {e}"))?;
+        list.push(value);
         self.apply(index, effects)
     }
 
@@ -601,6 +647,30 @@ impl<S: SimServer> Sim<S> {
         if !self.faults {
             let delay = self.delay();
             self.schedule(delay, arrive(request, self.server_life));
+            return;
+        }
+        // The server refuses a body larger than it takes, faults or not.
+        if let Request::Push(push) = &request
+            && crate::sexpr::to_vec(push).map_or(0, |body| body.len()) > SERVER_MAX_BODY
+        {
+            self.stats.too_large_pushes += 1;
+            let answer = Answer::Push(Err(Failure::Error(ErrorBody {
+                error: ErrorCode::TooLarge,
+                message: format!(
+                    "request body is larger than the limit of {SERVER_MAX_BODY} bytes"
+                ),
+            })));
+            let delay = self.delay();
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    slot,
+                    id,
+                    incarnation,
+                    request,
+                    answer,
+                },
+            );
             return;
         }
         let roll = self.rng.unit();
@@ -906,7 +976,9 @@ impl<S: SimServer> Sim<S> {
             }
             // A change is based on the engine's own latest write: it can
             // only collide with somebody else's.
-            if !self.history_lost
+            if conflict.cause == ConflictCause::TooLarge {
+                self.stats.too_large_reports += 1;
+            } else if !self.history_lost
                 && conflict
                     .server
                     .as_ref()
@@ -1002,6 +1074,9 @@ impl<S: SimServer> Sim<S> {
             return;
         }
         self.stats.purges += 1;
+        // A client that missed a purged deletion and then resets to another
+        // epoch cannot tell it from a lost document: it may write it again.
+        self.history_lost = true;
         for (key, version) in tombstones {
             let known = self.purged.entry(key).or_default();
             *known = (*known).max(version);
