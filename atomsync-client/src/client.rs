@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use atomsync_core::engine::{
-    Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, FailureKind, Storage,
-    SyncStatus,
+    Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, RoundEnd, Step, Storage,
+    SyncRound, SyncStatus,
 };
 use atomsync_core::sexpr::Raw;
 use serde::Serialize;
@@ -610,91 +610,55 @@ impl<T: Transport> Shared<T> {
 
         let mut report = SyncReport::default();
         let mut changed = BTreeSet::new();
-        let mut absorb = |report: &mut SyncReport, effects: Effects| {
+        // The round logic lives in the engine's crate (`SyncRound`), shared
+        // with the browser hook; here is only the IO and the persistence.
+        let mut round = SyncRound::new();
+        let failure = loop {
+            let now = self.now_ms();
+            let (step, back) = Self::step(group, move |state| {
+                let step = round.next(state.engine()?, now);
+                Ok((step, round))
+            })
+            .await?;
+            round = back;
+            let effects = match step {
+                Step::Push(request) => {
+                    report.pushes += 1;
+                    let answer = self.transport.push(&request).await;
+                    let (now, jitter) = (self.now_ms(), jitter());
+                    let (effects, back) = Self::step(group, move |state| {
+                        let mut round = round;
+                        let effects = state.change(|engine| {
+                            Ok(round.on_push(engine, &request, answer, now, jitter))
+                        })?;
+                        Ok((effects, round))
+                    })
+                    .await?;
+                    round = back;
+                    effects
+                }
+                Step::Pull(request) => {
+                    report.pulls += 1;
+                    let answer = self.transport.pull(&request).await;
+                    let (now, jitter) = (self.now_ms(), jitter());
+                    let (effects, back) = Self::step(group, move |state| {
+                        let mut round = round;
+                        let effects = state.change(|engine| {
+                            Ok(round.on_pull(engine, &request, answer, now, jitter))
+                        })?;
+                        Ok((effects, round))
+                    })
+                    .await?;
+                    round = back;
+                    effects
+                }
+                Step::Done(RoundEnd::Failed(failure)) => break Ok(Some(failure)),
+                Step::Done(RoundEnd::Halted(halt)) => break Err(Error::Halted(halt)),
+                Step::Done(_) => break Ok(None),
+            };
             changed.extend(effects.changed);
             report.conflicts.extend(effects.conflicts);
         };
-        let mut failure = None;
-        let mut renames = 0;
-
-        loop {
-            let now = self.now_ms();
-            let request =
-                Self::step(group, move |state| Ok(state.engine()?.next_push(now))).await?;
-            let Some(request) = request else { break };
-            report.pushes += 1;
-            let answer = self.transport.push(&request).await;
-            let failed = answer.as_ref().err().cloned();
-            let (now, jitter) = (self.now_ms(), jitter());
-            let effects = Self::step(group, move |state| {
-                state.change(|engine| {
-                    Ok(match answer {
-                        Ok(response) => engine.on_push_response(&request, response),
-                        Err(failure) => engine.on_push_error(&request, &failure, now, jitter),
-                    })
-                })
-            })
-            .await?;
-            absorb(&mut report, effects);
-            match failed {
-                None => {}
-                // The engine took a new client id: push again at once.
-                Some(f) if f.kind() == FailureKind::MutationReused && renames < 3 => {
-                    renames += 1;
-                }
-                Some(f) => {
-                    failure = Some(f);
-                    break;
-                }
-            }
-        }
-
-        if failure.is_none() {
-            // At least one pull (something may have changed), then as long as
-            // the engine knows it is behind.
-            let mut first = true;
-            let mut resets = 0;
-            loop {
-                let now = self.now_ms();
-                let request = Self::step(group, move |state| {
-                    let engine = state.engine()?;
-                    Ok(if first || engine.wants_pull() {
-                        engine.next_pull(now)
-                    } else {
-                        None
-                    })
-                })
-                .await?;
-                let Some(request) = request else { break };
-                first = false;
-                report.pulls += 1;
-                let answer = self.transport.pull(&request).await;
-                let failed = answer.as_ref().err().cloned();
-                let (now, jitter) = (self.now_ms(), jitter());
-                let effects = Self::step(group, move |state| {
-                    state.change(|engine| {
-                        Ok(match answer {
-                            Ok(response) => engine.on_pull_response(&request, response),
-                            Err(failure) => engine.on_pull_error(&request, &failure, now, jitter),
-                        })
-                    })
-                })
-                .await?;
-                absorb(&mut report, effects);
-                match failed {
-                    None => {}
-                    // The engine starts over from the beginning: go on.
-                    Some(f) if f.kind() == FailureKind::CursorReset && resets < 3 => {
-                        resets += 1;
-                        first = true;
-                    }
-                    Some(f) => {
-                        failure = Some(f);
-                        break;
-                    }
-                }
-            }
-        }
 
         report.changed = changed.into_iter().collect();
         if let Some(callback) = &self.options.on_conflict {
@@ -702,7 +666,7 @@ impl<T: Transport> Shared<T> {
                 callback(&group.name, conflict);
             }
         }
-        match failure {
+        match failure? {
             Some(failure) => Err(Error::Sync(failure)),
             None => Ok(report),
         }

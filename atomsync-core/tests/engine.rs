@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use atomsync_core::engine::testing::{FakeServer, SimServer};
 use atomsync_core::engine::{
     Backoff, Batch, Conflict, ConflictCause, ConflictPolicy, Effects, Engine, EngineError,
-    EngineOptions, Failure, FailureKind, MemoryStorage, Resolution, Storage,
+    EngineOptions, Failure, FailureKind, MAX_PASSES, MemoryStorage, Resolution, RoundEnd, Step,
+    Storage, SyncRound,
 };
 use atomsync_core::protocol::{
     ChangeResult, Cursor, ErrorBody, ErrorCode, PullRequest, PullResponse, PushRequest,
@@ -773,11 +774,15 @@ fn failures_are_classified() {
     assert_eq!(Failure::Status(401).kind(), FailureKind::Auth);
     assert_eq!(Failure::Status(403).kind(), FailureKind::Auth);
     assert_eq!(Failure::Status(400).kind(), FailureKind::Permanent);
-    assert_eq!(Failure::Status(413).kind(), FailureKind::Permanent);
+    assert_eq!(Failure::Status(413).kind(), FailureKind::TooLarge);
     assert_eq!(body(ErrorCode::Unauthorized).kind(), FailureKind::Auth);
     assert_eq!(body(ErrorCode::Forbidden).kind(), FailureKind::Auth);
     assert_eq!(body(ErrorCode::BadRequest).kind(), FailureKind::Permanent);
-    assert_eq!(body(ErrorCode::TooLarge).kind(), FailureKind::Permanent);
+    assert_eq!(body(ErrorCode::TooLarge).kind(), FailureKind::TooLarge);
+    assert_eq!(
+        body(ErrorCode::MutationReused).kind(),
+        FailureKind::MutationReused
+    );
     assert_eq!(body(ErrorCode::Internal).kind(), FailureKind::Temporary);
     assert_eq!(body(ErrorCode::Unavailable).kind(), FailureKind::Temporary);
     assert_eq!(
@@ -1306,4 +1311,112 @@ fn too_large_for_the_server_splits_pushes_and_refuses_one_alone() {
     assert_eq!(server_value(&server, "other"), Some((1, Some("2".into()))));
     assert_eq!(server_value(&server, "big"), Some((1, Some("3".into()))));
     assert_eq!(a.engine.pending_len(), 0);
+}
+
+// ----- one sync round for every adapter (issue #9) -----
+
+/// Runs a round against the model, applying each batch before the next
+/// request; `between` runs after every answer (a user writing meanwhile).
+fn run_round(
+    client: &mut Client,
+    server: &mut FakeServer,
+    mut between: impl FnMut(&mut Client),
+) -> (RoundEnd, usize) {
+    let mut round = SyncRound::new();
+    let mut requests = 0;
+    loop {
+        let effects = match round.next(&mut client.engine, 0) {
+            Step::Push(request) => {
+                let answer = server.push(&request).map_err(Failure::Error);
+                round.on_push(&mut client.engine, &request, answer, 0, 0.5)
+            }
+            Step::Pull(request) => {
+                let answer = server.pull(&request).map_err(Failure::Error);
+                round.on_pull(&mut client.engine, &request, answer, 0, 0.5)
+            }
+            Step::Done(end) => return (end, requests),
+        };
+        requests += 1;
+        client.apply(effects);
+        between(client);
+    }
+}
+
+#[test]
+fn a_round_recovers_from_resets_and_reused_numbers_and_ends_synced() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    a.set("k", "1");
+    assert_eq!(run_round(&mut a, &mut server, |_| {}).0, RoundEnd::Synced);
+    // The server is renumbered (a reset), and a lost-state twin used our
+    // next mutation number for something else.
+    server.renumber();
+    let twin = PushRequest {
+        group: GROUP.to_owned(),
+        client_id: "a/todo".to_owned(),
+        changes: vec![atomsync_core::protocol::Change {
+            mutation: 2,
+            key: "x".to_owned(),
+            base_version: 0,
+            value: Some(raw("0")),
+        }],
+        low_water: None,
+    };
+    server.push(&twin).unwrap();
+    a.set("j", "2");
+    let (end, _) = run_round(&mut a, &mut server, |_| {});
+    assert_eq!(end, RoundEnd::Synced);
+    assert_eq!(a.engine.pending_len(), 0);
+    assert!(a.engine.client_id().starts_with("a/todo~"));
+    assert_eq!(server_value(&server, "j"), Some((1, Some("2".into()))));
+    assert_eq!(a.visible().len(), 3);
+}
+
+#[test]
+fn a_round_ends_at_a_failure_and_the_next_one_waits_for_the_backoff() {
+    let mut a = Client::new("a/todo");
+    a.set("k", "1");
+    let mut round = SyncRound::new();
+    let Step::Push(request) = round.next(&mut a.engine, 1000) else {
+        panic!("a push first");
+    };
+    let effects = round.on_push(
+        &mut a.engine,
+        &request,
+        Err(Failure::Unreachable),
+        1000,
+        0.0,
+    );
+    a.apply(effects);
+    assert_eq!(
+        round.next(&mut a.engine, 1000),
+        Step::Done(RoundEnd::Failed(Failure::Unreachable))
+    );
+    let until = a.engine.ready_at().unwrap();
+    assert!(until > 1000);
+    assert_eq!(
+        SyncRound::new().next(&mut a.engine, 1000),
+        Step::Done(RoundEnd::Waiting { until })
+    );
+    assert!(matches!(
+        SyncRound::new().next(&mut a.engine, until),
+        Step::Push(_)
+    ));
+}
+
+#[test]
+fn a_round_under_a_stream_of_writes_ends_busy_and_one_more_round_catches_up() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    a.set("k", "0");
+    let mut n = 0;
+    let (end, requests) = run_round(&mut a, &mut server, |client| {
+        n += 1;
+        client.set("k", &n.to_string());
+    });
+    assert_eq!(end, RoundEnd::Busy);
+    assert!(requests as u32 >= MAX_PASSES, "{requests}");
+    let (end, _) = run_round(&mut a, &mut server, |_| {});
+    assert_eq!(end, RoundEnd::Synced);
+    assert_eq!(server_value(&server, "k").unwrap().1, Some(n.to_string()));
 }

@@ -3,7 +3,8 @@
 
 use std::rc::{Rc, Weak};
 
-use atomsync_core::engine::{Effects, Engine, EngineOptions, Failure};
+use atomsync_core::engine::{Engine, EngineOptions, Failure, Step, SyncRound};
+use atomsync_core::protocol::{PullRequest, PullResponse, PushRequest, PushResponse};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use leptos::prelude::*;
@@ -93,76 +94,62 @@ pub(crate) async fn run(shared: Weak<Shared>, mut wakes: UnboundedReceiver<()>) 
     }
 }
 
-/// Pushes every pending change, then pulls until caught up; again if writes
-/// came in meanwhile (a few rounds at most, then the next wake or tick).
+/// One [`SyncRound`] (the same round logic as the native client's): each
+/// request the round asks for is sent, its answer folded in through the
+/// round, and the resulting batch persisted before the next request.
 async fn step(shared: &Rc<Shared>) {
     let token = shared.options.token.get_untracked();
     shared.set_syncing(true);
-    'rounds: for _ in 0..4 {
-        while let Some(request) = next_request(shared, Engine::next_push) {
-            let result = transport::push(&shared.endpoint, token.clone(), request.clone()).await;
-            let settled = settle(
-                shared,
-                "push",
-                result,
-                |engine, response| engine.on_push_response(&request, response),
-                |engine, failure| engine.on_push_error(&request, failure, now_ms(), random()),
-            );
-            if !settled.await {
-                break 'rounds;
+    let mut round = SyncRound::new();
+    loop {
+        let step = {
+            let mut engine = shared.engine.borrow_mut();
+            let Some(engine) = engine.as_mut() else { break };
+            round.next(engine, now_ms())
+        };
+        let (what, answer) = match step {
+            Step::Push(request) => {
+                let answer =
+                    transport::push(&shared.endpoint, token.clone(), request.clone()).await;
+                ("push", Answer::Push(request, answer))
             }
-        }
-        while let Some(request) = next_request(shared, Engine::next_pull) {
-            let result = transport::pull(&shared.endpoint, token.clone(), request.clone()).await;
-            let settled = settle(
-                shared,
-                "pull",
-                result,
-                |engine, response| engine.on_pull_response(&request, response),
-                |engine, failure| engine.on_pull_error(&request, failure, now_ms(), random()),
-            );
-            if !settled.await {
-                break 'rounds;
+            Step::Pull(request) => {
+                let answer =
+                    transport::pull(&shared.endpoint, token.clone(), request.clone()).await;
+                ("pull", Answer::Pull(request, answer))
             }
-            if !wants(shared, Engine::wants_pull) {
-                break;
-            }
-        }
-        if !wants(shared, Engine::wants_push) {
-            break;
-        }
+            Step::Done(_) => break,
+        };
+        settle(shared, what, &mut round, answer).await;
     }
     shared.set_syncing(false);
 }
 
-fn next_request<R>(shared: &Shared, next: impl FnOnce(&mut Engine, u64) -> Option<R>) -> Option<R> {
-    let mut engine = shared.engine.borrow_mut();
-    next(engine.as_mut()?, now_ms())
+/// A request of the round with its answer.
+enum Answer {
+    Push(PushRequest, Result<PushResponse, Failure>),
+    Pull(PullRequest, Result<PullResponse, Failure>),
 }
 
-fn wants(shared: &Shared, wants: impl FnOnce(&Engine) -> bool) -> bool {
-    shared.engine.borrow().as_ref().is_some_and(wants)
-}
-
-/// Folds a server answer (or failure) into the engine, persists and
-/// publishes the result. Returns whether to go on (the request succeeded,
-/// or the engine recovered at once).
-async fn settle<R>(
-    shared: &Shared,
-    what: &str,
-    result: Result<R, Failure>,
-    on_answer: impl FnOnce(&mut Engine, R) -> Effects,
-    on_failure: impl FnOnce(&mut Engine, &Failure) -> Effects,
-) -> bool {
-    let failure = result.as_ref().err().cloned();
+/// Folds a server answer (or failure) into the engine through the round,
+/// persists and publishes the result.
+async fn settle(shared: &Shared, what: &str, round: &mut SyncRound, answer: Answer) {
+    let failure = match &answer {
+        Answer::Push(_, result) => result.as_ref().err().cloned(),
+        Answer::Pull(_, result) => result.as_ref().err().cloned(),
+    };
     let effects = {
         let mut engine = shared.engine.borrow_mut();
         let Some(engine) = engine.as_mut() else {
-            return false;
+            return;
         };
-        match result {
-            Ok(answer) => on_answer(engine, answer),
-            Err(failure) => on_failure(engine, &failure),
+        match answer {
+            Answer::Push(request, result) => {
+                round.on_push(engine, &request, result, now_ms(), random())
+            }
+            Answer::Pull(request, result) => {
+                round.on_pull(engine, &request, result, now_ms(), random())
+            }
         }
     };
     // Callbacks run with the engine released: they may write to the atom.
@@ -174,11 +161,6 @@ async fn settle<R>(
         None => shared.synced(now_ms()),
     }
     shared.handle(effects).await;
-    // A reused mutation number made the engine take a new client id: it
-    // pushes again at once, as after a success.
-    failure
-        .as_ref()
-        .is_none_or(|f| f.kind() == atomsync_core::engine::FailureKind::MutationReused)
 }
 
 /// The server's event stream: every announced change wakes the loop, which

@@ -51,56 +51,29 @@
 //!
 //! An adapter owns the engine, a [`Storage`] and a transport. Whenever there
 //! was a local write, the server poked (event stream: [`Engine::on_server_cursor`]),
-//! a timer fired, or [`Engine::ready_at`] passed, it syncs; each answer is
-//! folded in and its batch persisted before the next request goes out. A
-//! browser adapter does the same with `async` sends, keeping at most one push
-//! and one pull in flight (the engine refuses more).
+//! a timer fired, or [`Engine::ready_at`] passed, it runs a [`SyncRound`]:
+//! the round says which request to send next, the adapter sends it, folds
+//! the answer back in through the round, and persists the batch before it
+//! asks for the next request. The native client and the browser hook both
+//! run it, so they cannot drift apart.
 //!
 //! ```
-//! use atomsync_core::engine::{Effects, Engine, Failure, MemoryStorage, Storage};
-//! use atomsync_core::protocol::{PullRequest, PullResponse, PushRequest, PushResponse};
-//!
-//! /// Pushes what is pending, then pulls until the server has nothing more.
-//! fn sync<S: Storage>(
-//!     engine: &mut Engine,
-//!     storage: &mut S,
-//!     now_ms: u64,
-//!     jitter: f64,
-//!     mut push: impl FnMut(&PushRequest) -> Result<PushResponse, Failure>,
-//!     mut pull: impl FnMut(&PullRequest) -> Result<PullResponse, Failure>,
-//!     mut publish: impl FnMut(&Effects),
-//! ) -> Result<(), S::Error> {
-//!     while let Some(request) = engine.next_push(now_ms) {
-//!         let effects = match push(&request) {
-//!             Ok(response) => engine.on_push_response(&request, response),
-//!             Err(failure) => engine.on_push_error(&request, &failure, now_ms, jitter),
-//!         };
-//!         storage.apply(&effects.batch)?;
-//!         publish(&effects); // changed keys to the UI, conflicts to the app
-//!     }
-//!     // Pull at least once (the caller syncs because something may have
-//!     // changed), then as long as the engine knows it is behind.
-//!     let mut first = true;
-//!     while first || engine.wants_pull() {
-//!         first = false;
-//!         let Some(request) = engine.next_pull(now_ms) else { break };
-//!         let effects = match pull(&request) {
-//!             Ok(response) => engine.on_pull_response(&request, response),
-//!             Err(failure) => engine.on_pull_error(&request, &failure, now_ms, jitter),
-//!         };
-//!         storage.apply(&effects.batch)?;
-//!         publish(&effects);
-//!     }
-//!     Ok(())
-//! }
+//! use atomsync_core::engine::{Engine, Failure, MemoryStorage, RoundEnd, Step, Storage, SyncRound};
 //!
 //! // Offline: the write stays pending and the engine backs off.
 //! let mut storage = MemoryStorage::default();
 //! let mut engine = Engine::new("todo", "device-1/todo")?;
-//! let effects = engine.set_value("milk", "Buy milk")?;
-//! storage.apply(&effects.batch)?;
-//! let (push, pull) = (|_: &_| Err(Failure::Unreachable), |_: &_| Err(Failure::Unreachable));
-//! sync(&mut engine, &mut storage, 1_000, 0.3, push, pull, |_| {})?;
+//! storage.apply(&engine.set_value("milk", "Buy milk")?.batch)?;
+//! let mut round = SyncRound::new();
+//! let end = loop {
+//!     let effects = match round.next(&mut engine, 1_000) {
+//!         Step::Push(request) => round.on_push(&mut engine, &request, Err(Failure::Unreachable), 1_000, 0.3),
+//!         Step::Pull(request) => round.on_pull(&mut engine, &request, Err(Failure::Unreachable), 1_000, 0.3),
+//!         Step::Done(end) => break end,
+//!     };
+//!     storage.apply(&effects.batch)?;
+//! };
+//! assert_eq!(end, RoundEnd::Failed(Failure::Unreachable));
 //! assert_eq!(engine.pending_len(), 1);
 //! assert!(engine.ready_at().unwrap() > 1_000);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -142,6 +115,7 @@
 mod conflict;
 mod error;
 mod retry;
+mod round;
 mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -155,6 +129,7 @@ use serde::de::DeserializeOwned;
 pub use conflict::{Conflict, ConflictCause, ConflictPolicy, MergeFn, Resolution};
 pub use error::EngineError;
 pub use retry::{Backoff, Failure, FailureKind, Halt};
+pub use round::{MAX_PASSES, MAX_RECOVERIES, RoundEnd, Step, SyncRound};
 pub use storage::{
     Batch, MemoryStorage, Meta, MissingMeta, PendingChange, Snapshot, Storage, StoredDoc,
 };
