@@ -53,18 +53,29 @@ pub struct Demo {
     /// The server's port.
     pub port: u16,
     db: PathBuf,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
 impl Demo {
     /// Starts the demo on an ephemeral port with a fresh database.
     pub async fn start() -> Demo {
+        Demo::start_with_env(&[]).await
+    }
+
+    /// [`Demo::start`] with extra environment variables for the server (like
+    /// `ATOMSYNC_MAX_SUBSCRIBERS`).
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Demo {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("demo.db");
         let mut demo = Demo {
             child: None,
             port: 0,
             db,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             _dir: dir,
         };
         demo.launch(0).await;
@@ -81,6 +92,7 @@ impl Demo {
             .env("LEPTOS_ENV", "DEV")
             .env("ATOMSYNC_DB", &self.db)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
