@@ -615,6 +615,7 @@ impl<T: Transport> Shared<T> {
             report.conflicts.extend(effects.conflicts);
         };
         let mut failure = None;
+        let mut renames = 0;
 
         loop {
             let now = self.now_ms();
@@ -635,9 +636,16 @@ impl<T: Transport> Shared<T> {
             })
             .await?;
             absorb(&mut report, effects);
-            if failed.is_some() {
-                failure = failed;
-                break;
+            match failed {
+                None => {}
+                // The engine took a new client id: push again at once.
+                Some(f) if f.kind() == FailureKind::MutationReused && renames < 3 => {
+                    renames += 1;
+                }
+                Some(f) => {
+                    failure = Some(f);
+                    break;
+                }
             }
         }
 

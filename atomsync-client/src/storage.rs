@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use atomsync_core::engine::{
-    Batch, Conflict, Meta, PendingChange, Resolution, Snapshot, Storage, StoredDoc,
+    Batch, Conflict, ConflictCause, Meta, PendingChange, Resolution, Snapshot, Storage, StoredDoc,
 };
 use atomsync_core::protocol::Cursor;
 use atomsync_core::sexpr::{self, Raw};
@@ -56,7 +56,28 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         resolution TEXT NOT NULL,
         PRIMARY KEY (grp, id)
     ) STRICT, WITHOUT ROWID;",
+    // 2: what a conflict report is about (`write`, `reset` or `too-large`).
+    "ALTER TABLE conflicts ADD COLUMN cause TEXT NOT NULL DEFAULT 'write';",
 ];
+
+fn cause_text(cause: ConflictCause) -> &'static str {
+    match cause {
+        ConflictCause::Write => "write",
+        ConflictCause::Reset => "reset",
+        ConflictCause::TooLarge => "too-large",
+    }
+}
+
+fn cause_from_text(text: &str) -> Result<ConflictCause, String> {
+    match text {
+        "write" => Ok(ConflictCause::Write),
+        "reset" => Ok(ConflictCause::Reset),
+        "too-large" => Ok(ConflictCause::TooLarge),
+        other => Err(format!(
+            "cause {other:?}: expected `write`, `reset` or `too-large`"
+        )),
+    }
+}
 
 /// SQLite's `synchronous` setting: how hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -356,8 +377,8 @@ fn apply(tx: &Transaction<'_>, group: &str, batch: &Batch) -> Result<()> {
     {
         let mut put = tx.prepare_cached(
             "INSERT OR REPLACE INTO conflicts
-                 (grp, id, key, local, server, server_version, resolution)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 (grp, id, key, local, server, server_version, resolution, cause)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut remove = tx.prepare_cached("DELETE FROM conflicts WHERE grp = ?1 AND id = ?2")?;
         for (&id, conflict) in &batch.conflicts {
@@ -371,6 +392,7 @@ fn apply(tx: &Transaction<'_>, group: &str, batch: &Batch) -> Result<()> {
                     conflict.server.as_ref().map(Raw::as_str),
                     to_sql(conflict.server_version, "version")?,
                     sexpr::to_string(&conflict.resolution)?,
+                    cause_text(conflict.cause),
                 ])?,
                 None => remove.execute(params![group, id])?,
             };
@@ -517,12 +539,20 @@ fn load(tx: &Transaction<'_>, group: &str) -> Result<Option<Snapshot>> {
         },
     )?;
 
-    type ConflictRow = (i64, String, Option<String>, Option<String>, i64, String);
+    type ConflictRow = (
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        i64,
+        String,
+        String,
+    );
     let conflicts = read_rows(
         tx,
         "conflicts",
         group,
-        "SELECT id, key, local, server, server_version, resolution
+        "SELECT id, key, local, server, server_version, resolution, cause
          FROM conflicts WHERE grp = ?1",
         |row| -> rusqlite::Result<ConflictRow> {
             Ok((
@@ -532,10 +562,11 @@ fn load(tx: &Transaction<'_>, group: &str) -> Result<Option<Snapshot>> {
                 row.get(3)?,
                 row.get(4)?,
                 row.get(5)?,
+                row.get(6)?,
             ))
         },
         |(id, ..)| format!("id {id}"),
-        |(id, key, local, server, server_version, resolution)| {
+        |(id, key, local, server, server_version, resolution, cause)| {
             let id = from_sql(id)?;
             let resolution = sexpr::from_str::<Resolution>(&resolution)
                 .map_err(|e| format!("resolution {resolution:?}: {e}"))?;
@@ -546,6 +577,7 @@ fn load(tx: &Transaction<'_>, group: &str) -> Result<Option<Snapshot>> {
                 server: datum(server)?,
                 server_version: from_sql(server_version)?,
                 resolution,
+                cause: cause_from_text(&cause)?,
             };
             Ok((id, conflict))
         },
@@ -725,8 +757,14 @@ mod tests {
                 "not an S-expression",
             ),
             (
-                "INSERT INTO conflicts VALUES ('g', 1, 'k', NULL, NULL, 0, '(bogus)')",
+                "INSERT INTO conflicts (grp, id, key, server_version, resolution)
+                 VALUES ('g', 1, 'k', 0, '(bogus)')",
                 "resolution",
+            ),
+            (
+                "INSERT INTO conflicts (grp, id, key, server_version, resolution, cause)
+                 VALUES ('g', 1, 'k', 0, 'ServerWins', 'maybe')",
+                "cause",
             ),
             ("DELETE FROM meta", "no engine state"),
         ];

@@ -32,21 +32,43 @@ pub const MAX_VERSION: u64 = i64::MAX as u64;
 
 /// A position in the server's change log, tied to the database it came from.
 ///
-/// Written as `EPOCH.SEQ`: `EPOCH` identifies the database (created with it,
-/// so a wiped or restored database has another), `SEQ` is the number of the
-/// last change the holder has seen. A cursor from another epoch is refused
-/// with [`ErrorCode::CursorReset`], telling the client to pull from scratch.
+/// Written as `EPOCH.SEQ`, or `EPOCH.SEQ.FLOOR` once the server has purged
+/// tombstones: `EPOCH` identifies the database (a new one, or one that may
+/// have lost history, has another), `SEQ` is the number of the last change
+/// the holder has seen, and `FLOOR` the server's purge floor when it handed
+/// the cursor out. A cursor from another epoch, or one below a purge floor
+/// that rose after it was handed out (its holder may have missed a deletion),
+/// is refused with [`ErrorCode::CursorReset`], telling the client to pull from
+/// scratch. Clients treat cursors as opaque.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Cursor {
     /// The identity of the database the cursor belongs to.
     pub epoch: String,
     /// The last change number seen.
     pub seq: u64,
+    /// The server's purge floor when it handed the cursor out: tombstones
+    /// changed at or before it may be gone (0: none purged).
+    pub floor: u64,
+}
+
+impl Cursor {
+    /// A cursor of database `epoch` at change `seq`, with no purge floor.
+    pub fn new(epoch: impl Into<String>, seq: u64) -> Cursor {
+        Cursor {
+            epoch: epoch.into(),
+            seq,
+            floor: 0,
+        }
+    }
 }
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.epoch, self.seq)
+        write!(f, "{}.{}", self.epoch, self.seq)?;
+        if self.floor > 0 {
+            write!(f, ".{}", self.floor)?;
+        }
+        Ok(())
     }
 }
 
@@ -66,24 +88,42 @@ impl FromStr for Cursor {
     type Err = CursorParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (epoch, seq) = s.rsplit_once('.').ok_or(CursorParseError)?;
+        let mut parts = s.split('.');
+        let epoch = parts.next().ok_or(CursorParseError)?;
+        let seq = parts.next().ok_or(CursorParseError)?;
+        let floor = parts.next();
+        if parts.next().is_some() {
+            return Err(CursorParseError);
+        }
         let valid_epoch = !epoch.is_empty()
             && epoch.len() <= 64
             && epoch
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let valid_seq =
-            !seq.is_empty() && seq.len() <= 20 && seq.bytes().all(|b| b.is_ascii_digit());
-        if !valid_epoch || !valid_seq {
+        if !valid_epoch {
             return Err(CursorParseError);
         }
-        let seq: u64 = seq.parse().map_err(|_| CursorParseError)?;
-        if seq > MAX_VERSION {
-            return Err(CursorParseError);
-        }
+        let number = |text: &str| -> Result<u64, CursorParseError> {
+            if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(CursorParseError);
+            }
+            text.parse::<u64>()
+                .ok()
+                .filter(|&n| n <= MAX_VERSION)
+                .ok_or(CursorParseError)
+        };
+        let seq = number(seq)?;
+        // `EPOCH.SEQ.0` is not the canonical form of `EPOCH.SEQ`.
+        let floor = match floor {
+            None => 0,
+            Some(text) => Some(number(text)?)
+                .filter(|&n| n > 0)
+                .ok_or(CursorParseError)?,
+        };
         Ok(Cursor {
             epoch: epoch.to_owned(),
             seq,
+            floor,
         })
     }
 }
@@ -159,6 +199,11 @@ pub struct PushRequest {
     pub client_id: String,
     /// The changes, applied in order.
     pub changes: Vec<Change>,
+    /// The client's low-water mark: every mutation number of this client id
+    /// below it is settled and will never be sent again, so the server may
+    /// forget its answers. `None` (absent on the wire) says nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_water: Option<u64>,
 }
 
 /// The outcome of one change of a push.
@@ -225,6 +270,11 @@ pub enum ErrorCode {
     Internal,
     /// The server is unavailable (shutting down, overloaded); retry later.
     Unavailable,
+    /// A mutation number of the client id was already decided for a change
+    /// with other content (the client lost its state and numbers again): the
+    /// client must push under a new client id. Nothing of the push was
+    /// applied.
+    MutationReused,
 }
 
 /// The body of every error response.

@@ -398,6 +398,63 @@ fn deep_documents_round_trip_on_a_2mib_stack() {
     });
 }
 
+/// A document value has a depth of its own (`VALUE_MAX_DEPTH`), the same
+/// alone and inside a message: a chain of 300 nested structs (900 levels)
+/// encodes, travels in a push and decodes on a 2 MiB stack; deeper is an
+/// error, never a crash.
+#[test]
+fn document_values_have_a_depth_of_their_own() {
+    use atomsync_core::protocol::{Change, PushRequest};
+    on_small_stack(|| {
+        let chain = nest(300);
+        let value = Raw::from_value(&chain).unwrap();
+        let push = PushRequest {
+            group: "g".to_owned(),
+            client_id: "c".to_owned(),
+            changes: vec![Change {
+                mutation: 1,
+                key: "deep".to_owned(),
+                base_version: 0,
+                value: Some(value.clone()),
+            }],
+            low_water: None,
+        };
+        let text = sexpr::to_string(&push).unwrap();
+        let back: PushRequest = sexpr::from_str(&text).unwrap();
+        assert_eq!(back, push);
+        let decoded: Nest = back.changes[0].value.as_ref().unwrap().to_value().unwrap();
+        assert!(decoded == chain);
+        assert_eq!(Raw::from_text(value.as_str()).unwrap(), value);
+        // The message's own limit is unchanged.
+        assert_eq!(
+            sexpr::to_string(&chain).unwrap_err().category(),
+            Category::Depth
+        );
+        // Past the value's limit: errors, alone and inside a message.
+        let too_deep = format!(
+            "{}1{}",
+            "(".repeat(sexpr::VALUE_MAX_DEPTH + 1),
+            ")".repeat(sexpr::VALUE_MAX_DEPTH + 1)
+        );
+        assert_eq!(
+            Raw::from_text(&too_deep).unwrap_err().category(),
+            Category::Depth
+        );
+        let inside = text.replace(value.as_str(), &too_deep);
+        assert!(sexpr::from_str::<PushRequest>(&inside).is_err());
+        assert_eq!(
+            Raw::from_value(&nest(350)).unwrap_err().category(),
+            Category::Depth
+        );
+        let at_limit = format!(
+            "{}1{}",
+            "(".repeat(sexpr::VALUE_MAX_DEPTH),
+            ")".repeat(sexpr::VALUE_MAX_DEPTH)
+        );
+        assert!(Raw::from_text(&at_limit).is_ok());
+    });
+}
+
 #[test]
 fn nesting_past_the_limit_is_an_error_not_a_crash() {
     on_small_stack(|| {

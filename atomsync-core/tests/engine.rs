@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use atomsync_core::engine::testing::{FakeServer, SimServer};
 use atomsync_core::engine::{
-    Backoff, Batch, Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, Failure,
-    FailureKind, MemoryStorage, Resolution, Storage,
+    Backoff, Batch, Conflict, ConflictCause, ConflictPolicy, Effects, Engine, EngineError,
+    EngineOptions, Failure, FailureKind, MemoryStorage, Resolution, Storage,
 };
 use atomsync_core::protocol::{
     ChangeResult, Cursor, ErrorBody, ErrorCode, PullRequest, PullResponse, PushRequest,
@@ -549,16 +549,26 @@ fn cursor_reset_resyncs_from_the_beginning_keeping_pending_changes() {
     );
 
     let effects = a.pull(&mut server);
-    assert_eq!(effects.changed, ["gone", "other"]);
+    assert_eq!(effects.changed, ["other"]);
     assert!(!a.engine.status().resyncing);
     assert_eq!(a.engine.cursor().unwrap().epoch, epoch);
-    assert_eq!(a.get("gone"), None);
+    // The new database lacks `gone`: reported, and (client wins) written
+    // again as a new document.
     assert!(a.engine.confirmed("gone").is_none());
+    assert_eq!(a.get("gone"), Some("2"));
+    assert_eq!(effects.conflicts.len(), 1);
+    let report = &effects.conflicts[0];
+    assert_eq!(report.key, "gone");
+    assert_eq!(report.cause, ConflictCause::Reset);
+    assert_eq!(report.resolution, Resolution::ClientWins);
+    assert_eq!(report.local, Some(raw("2")));
+    assert_eq!(report.server, None);
     assert_eq!(a.get("edited"), Some("\"local edit\""), "pending kept");
     assert_eq!(a.get("new"), Some("\"offline\""));
-    assert_eq!(a.engine.pending_len(), 2);
+    assert_eq!(a.engine.pending_len(), 3);
 
     sync(&mut a, &mut server);
+    assert_eq!(server_value(&server, "gone"), Some((1, Some("2".into()))));
     assert_eq!(
         server_value(&server, "new"),
         Some((1, Some("\"offline\"".into())))
@@ -866,10 +876,7 @@ fn server_cursor_hint_asks_for_a_pull() {
     assert!(!a.engine.wants_pull());
     assert_eq!(a.get("k"), Some("1"));
     // Cursors of another database are no hint.
-    a.engine.on_server_cursor(&Cursor {
-        epoch: "other".into(),
-        seq: 99,
-    });
+    a.engine.on_server_cursor(&Cursor::new("other", 99));
     assert!(!a.engine.wants_pull());
 }
 
@@ -955,4 +962,348 @@ fn merged_effects_persist_as_the_steps_in_order() {
     assert_eq!(merged.snapshot(), one_by_one.snapshot());
     assert_eq!(merged.snapshot(), Some(&engine.snapshot()));
     assert_eq!(all.changed, ["a", "b", "c"], "in key order, once each");
+}
+
+// ----- history that went back, reused numbers, bounded tables (issue #10) -----
+
+/// A server that lost its data (restored from an old copy under a new
+/// epoch): the documents it lacks are reported, never dropped silently; with
+/// the server winning they are gone locally.
+#[test]
+fn a_reset_that_removes_documents_reports_them() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    a.set("kept", "1");
+    sync(&mut a, &mut server);
+    server.checkpoint();
+    a.set("lost", "2");
+    a.set("also-lost", "3");
+    sync(&mut a, &mut server);
+    assert!(server.restore_checkpoint(), "history was lost: a new epoch");
+    // The cursor is of the old epoch: reset.
+    let reset = a.pull(&mut server);
+    assert!(reset.conflicts.is_empty());
+    let end = a.pull(&mut server);
+    assert_eq!(end.changed, ["also-lost", "lost"]);
+    let keys: Vec<(&str, ConflictCause, &Resolution)> = end
+        .conflicts
+        .iter()
+        .map(|c| (c.key.as_str(), c.cause, &c.resolution))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("also-lost", ConflictCause::Reset, &Resolution::ServerWins),
+            ("lost", ConflictCause::Reset, &Resolution::ServerWins)
+        ]
+    );
+    assert_eq!(a.visible().len(), 1);
+    assert_eq!(a.engine.conflicts().count(), 2, "kept until taken");
+    assert_eq!(a.engine.pending_len(), 0);
+}
+
+/// Within one database, a full pull that lacks a document means it was
+/// deleted and its tombstone purged: it goes quietly, like any deletion.
+#[test]
+fn a_purge_reset_removes_deleted_documents_quietly() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "1");
+    a.set("j", "2");
+    sync(&mut a, &mut server);
+    sync(&mut b, &mut server);
+    b.delete("k");
+    sync(&mut b, &mut server);
+    assert_eq!(server.purge_tombstones(), 1);
+    // a never saw the deletion: its cursor is below the purge floor.
+    let reset = a.pull(&mut server);
+    assert!(a.engine.status().resyncing, "{:?}", reset.changed);
+    let end = a.pull(&mut server);
+    assert_eq!(end.changed, ["k"]);
+    assert!(end.conflicts.is_empty());
+    assert_eq!(a.get("k"), None);
+    assert!(a.engine.confirmed("k").is_none());
+    // b saw it: its cursor is past the floor, no reset; its tombstone stays.
+    b.pull(&mut server);
+    assert!(!b.engine.status().resyncing);
+    // Written again: a version above the purged tombstone's, so b's
+    // tombstone (version 2) does not hide it.
+    a.set("k", "\"again\"");
+    sync(&mut a, &mut server);
+    assert_eq!(
+        server_value(&server, "k"),
+        Some((3, Some("\"again\"".into())))
+    );
+    sync(&mut b, &mut server);
+    assert_eq!(b.get("k"), Some("\"again\""));
+}
+
+/// A full pull that pages below the purge floor after the purge is not
+/// reset: its cursors carry the floor they were handed out under.
+#[test]
+fn a_full_pull_after_a_purge_pages_through() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_options("a/todo", EngineOptions::default().pull_limit(Some(1)));
+    for i in 0..5 {
+        a.set(&format!("k{i}"), "1");
+    }
+    a.delete("k4");
+    sync(&mut a, &mut server);
+    server.purge_tombstones();
+    let mut fresh = Client::with_options("f/todo", EngineOptions::default().pull_limit(Some(1)));
+    let mut pages = 0;
+    loop {
+        let page = fresh.pull(&mut server);
+        assert!(page.conflicts.is_empty());
+        pages += 1;
+        assert!(pages < 20, "the full pull does not end");
+        if !fresh.engine.wants_pull() {
+            break;
+        }
+    }
+    assert!(!fresh.engine.status().resyncing);
+    assert_eq!(fresh.visible().len(), 4);
+}
+
+/// A document learnt from a push answer during a resync, then deleted and
+/// its tombstone purged before the resync's last page: the pull lacks it,
+/// so it is gone, not confirmed.
+#[test]
+fn a_resync_does_not_confirm_a_document_purged_meanwhile() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("x", "0");
+    sync(&mut a, &mut server);
+    // a resyncs (its cursor is from another database)...
+    server.renumber();
+    a.pull(&mut server);
+    assert!(a.engine.status().resyncing);
+    // ...and writes `k` meanwhile: accepted, learnt from the answer.
+    a.set("k", "1");
+    a.push(&mut server);
+    assert!(a.engine.confirmed("k").unwrap().is_stale());
+    // b deletes it; the tombstone is purged; then a's resync ends.
+    sync(&mut b, &mut server);
+    b.delete("k");
+    sync(&mut b, &mut server);
+    server.purge_tombstones();
+    sync(&mut a, &mut server);
+    assert_eq!(a.get("k"), None);
+    assert!(a.engine.confirmed("k").is_none());
+}
+
+/// A server that went back in time under the same epoch, and a client whose
+/// version is above the server's: under client wins it once rewrote on top
+/// of its own version for ever. Now the answer shows the server went back,
+/// the engine resyncs and rebases on the server's version.
+#[test]
+fn client_wins_cannot_livelock_on_a_server_behind_the_client() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_policy("a/todo", ConflictPolicy::ClientWins);
+    a.set("k", "1");
+    sync(&mut a, &mut server);
+    let behind = server.clone();
+    a.set("k", "2");
+    sync(&mut a, &mut server);
+    a.set("k", "3");
+    sync(&mut a, &mut server);
+    assert_eq!(a.engine.confirmed("k").unwrap().version, 3);
+    // Same epoch, older data (an undetected restore).
+    server = behind;
+    a.set("k", "\"mine\"");
+    let mut rounds = 0;
+    while let Some(request) = a.engine.next_push(0) {
+        rounds += 1;
+        assert!(rounds < 5, "the push never settles");
+        let response = server.push(&request).unwrap();
+        a.answer_push(&request, response);
+    }
+    sync(&mut a, &mut server);
+    assert_eq!(
+        server_value(&server, "k"),
+        Some((2, Some("\"mine\"".into())))
+    );
+    assert_eq!(a.engine.confirmed("k").unwrap().version, 2);
+    assert_eq!(a.get("k"), Some("\"mine\""));
+}
+
+/// A client that lost its storage and numbers again from 1 under the same
+/// id: the server refuses the reused number (it was decided for another
+/// change), and the engine takes a new id and pushes again. Nothing lost,
+/// no halt.
+#[test]
+fn a_reused_mutation_number_renames_the_client_instead_of_losing_the_write() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    a.set("k", "1");
+    sync(&mut a, &mut server);
+    // The same id, a fresh storage: mutation 1 again, other content.
+    let mut again = Client::new("a/todo");
+    again.set("j", "\"new\"");
+    let request = again.engine.next_push(0).unwrap();
+    assert_eq!(request.changes[0].mutation, 1);
+    let body = server.push(&request).unwrap_err();
+    assert_eq!(body.error, ErrorCode::MutationReused);
+    let failure = Failure::Error(body);
+    assert_eq!(failure.kind(), FailureKind::MutationReused);
+    let effects = again.engine.on_push_error(&request, &failure, 0, 0.25);
+    again.apply(effects);
+    assert_eq!(again.engine.status().halted, None);
+    assert_eq!(again.engine.ready_at(), None, "pushed again at once");
+    let renamed = again.engine.client_id().to_owned();
+    assert!(renamed.starts_with("a/todo~"), "{renamed}");
+    assert_eq!(
+        again.storage.snapshot().unwrap().meta.client_id,
+        renamed,
+        "the new id is persisted"
+    );
+    sync(&mut again, &mut server);
+    assert_eq!(
+        server_value(&server, "j"),
+        Some((1, Some("\"new\"".into())))
+    );
+    assert_eq!(again.get("k"), Some("1"));
+    // Renamed again later, the suffix is replaced, not stacked.
+    again.set("j", "\"newer\"");
+    let request = again.engine.next_push(0).unwrap();
+    let effects = again.engine.on_push_error(&request, &failure, 0, 0.5);
+    again.apply(effects);
+    let id = again.engine.client_id();
+    assert_eq!(id.matches('~').count(), 1, "{id}");
+    assert_ne!(id, renamed);
+    // A true retry (same content) is still answered as the first time.
+    let mut b = Client::new("b/todo");
+    b.set("r", "1");
+    let push = b.engine.next_push(0).unwrap();
+    let first = server.push(&push).unwrap();
+    assert_eq!(server.push(&push).unwrap().results, first.results);
+}
+
+/// Every push says which numbers the engine will never send again, and the
+/// server forgets their answers: its table stays as small as what is in
+/// flight.
+#[test]
+fn low_water_marks_keep_the_servers_answers_bounded() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_options("a/todo", EngineOptions::default().push_batch(10));
+    for round in 0..50 {
+        for i in 0..10 {
+            a.set(&format!("k{i}"), &round.to_string());
+        }
+        let request = a.engine.next_push(0).unwrap();
+        assert_eq!(request.low_water, Some(a.engine.low_water()));
+        assert_eq!(
+            request.low_water,
+            Some(request.changes[0].mutation),
+            "everything before this batch is settled"
+        );
+        let response = server.push(&request).unwrap();
+        a.answer_push(&request, response);
+        assert!(
+            server.mutations_len() <= 10,
+            "round {round}: {} answers kept",
+            server.mutations_len()
+        );
+    }
+    assert_eq!(a.engine.low_water(), 501);
+}
+
+// ----- pushes sized by bytes (issue #9) -----
+
+/// Pushes take changes while their encoded body stays under the limit,
+/// whatever the count.
+#[test]
+fn pushes_are_sized_by_bytes_not_only_by_count() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_options("a/todo", EngineOptions::default().max_push_bytes(1000));
+    for i in 0..6 {
+        a.set(&format!("k{i}"), &format!("\"{}\"", "x".repeat(300)));
+    }
+    let mut sizes = Vec::new();
+    while let Some(request) = a.engine.next_push(0) {
+        let body = atomsync_core::sexpr::to_vec(&request).unwrap();
+        assert!(body.len() <= 1000, "a push of {} bytes", body.len());
+        sizes.push(request.changes.len());
+        let response = server.push(&request).unwrap();
+        a.answer_push(&request, response);
+    }
+    assert_eq!(sizes, [2, 2, 2]);
+    assert_eq!(server.documents(GROUP).len(), 6);
+}
+
+/// A value no push could carry is refused at the write, with the reason.
+#[test]
+fn a_write_larger_than_any_push_is_refused_at_once() {
+    let mut a = Client::with_options("a/todo", EngineOptions::default().max_push_bytes(500));
+    let error = a
+        .engine
+        .set("big", raw(&format!("\"{}\"", "x".repeat(600))))
+        .unwrap_err();
+    match &error {
+        EngineError::TooLarge { key, bytes, limit } => {
+            assert_eq!(key, "big");
+            assert!(*bytes > 600 && *limit == 500);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(error.to_string().contains("too large"), "{error}");
+    assert_eq!(a.engine.pending_len(), 0);
+    assert_eq!(a.get("big"), None);
+}
+
+/// A server with a smaller body limit answers 413: a push of several is
+/// split, one change too large alone is dropped and reported, and every
+/// other key goes on syncing, a later write to the same key included.
+#[test]
+fn too_large_for_the_server_splits_pushes_and_refuses_one_alone() {
+    let mut server = FakeServer::new();
+    let mut a = Client::with_policy("a/todo", ConflictPolicy::ServerWins);
+    a.set("small", "1");
+    a.set("big", &format!("\"{}\"", "x".repeat(2000)));
+    a.set("other", "2");
+    // The server takes at most 1000 bytes.
+    let too_large =
+        |request: &PushRequest| atomsync_core::sexpr::to_vec(request).unwrap().len() > 1000;
+    let refusal = Failure::Error(ErrorBody {
+        error: ErrorCode::TooLarge,
+        message: "request body is larger than the limit of 1000 bytes".to_owned(),
+    });
+    assert_eq!(refusal.kind(), FailureKind::TooLarge);
+    assert_eq!(Failure::Status(413).kind(), FailureKind::TooLarge);
+    let mut reports = Vec::new();
+    let mut rounds = 0;
+    while let Some(request) = a.engine.next_push(0) {
+        rounds += 1;
+        assert!(rounds < 10, "pushes never settle");
+        let effects = if too_large(&request) {
+            a.engine.on_push_error(&request, &refusal, 0, 0.0)
+        } else {
+            let response = server.push(&request).unwrap();
+            a.engine.on_push_response(&request, response)
+        };
+        assert_eq!(a.engine.status().halted, None);
+        assert_eq!(a.engine.ready_at(), None, "no backoff");
+        reports.extend(a.apply(effects).conflicts);
+        if a.engine.is_pending("big") && !a.engine.is_pending("small") {
+            // While the big one waits, a later write to it queues behind.
+            if !a
+                .engine
+                .pending()
+                .any(|c| c.key == "big" && c.value == Some(raw("3")))
+            {
+                a.set("big", "3");
+            }
+        }
+    }
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].cause, ConflictCause::TooLarge);
+    assert_eq!(reports[0].key, "big");
+    assert_eq!(reports[0].resolution, Resolution::ServerWins);
+    assert!(reports[0].local.as_ref().unwrap().as_str().len() > 2000);
+    assert_eq!(server_value(&server, "small"), Some((1, Some("1".into()))));
+    assert_eq!(server_value(&server, "other"), Some((1, Some("2".into()))));
+    assert_eq!(server_value(&server, "big"), Some((1, Some("3".into()))));
+    assert_eq!(a.engine.pending_len(), 0);
 }

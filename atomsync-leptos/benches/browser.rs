@@ -243,10 +243,7 @@ async fn seed(app: &str) -> f64 {
         meta: Some(Meta {
             group: GROUP.to_owned(),
             client_id: format!("{app}-seed"),
-            cursor: Some(Cursor {
-                epoch: "bench".to_owned(),
-                seq: DOCS as u64,
-            }),
+            cursor: Some(Cursor::new("bench".to_owned(), DOCS as u64)),
             resyncing: false,
             next_mutation: 1,
             next_conflict: 1,

@@ -156,7 +156,8 @@ fn wants(shared: &Shared, wants: impl FnOnce(&Engine) -> bool) -> bool {
 }
 
 /// Folds a server answer (or failure) into the engine, persists and
-/// publishes the result. Returns whether the request succeeded.
+/// publishes the result. Returns whether to go on (the request succeeded,
+/// or the engine recovered at once).
 async fn settle<R>(
     shared: &Shared,
     what: &str,
@@ -184,7 +185,11 @@ async fn settle<R>(
         None => shared.synced(now_ms()),
     }
     shared.handle(effects).await;
-    failure.is_none()
+    // A reused mutation number made the engine take a new client id: it
+    // pushes again at once, as after a success.
+    failure
+        .as_ref()
+        .is_none_or(|f| f.kind() == atomsync_core::engine::FailureKind::MutationReused)
 }
 
 /// How long after opening the event stream a closed one is opened again (the

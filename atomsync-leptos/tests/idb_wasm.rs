@@ -23,10 +23,7 @@ fn meta(group: &str) -> Meta {
     Meta {
         group: group.to_owned(),
         client_id: "device/todo".to_owned(),
-        cursor: Some(Cursor {
-            epoch: "e1".to_owned(),
-            seq: 7,
-        }),
+        cursor: Some(Cursor::new("e1".to_owned(), 7)),
         resyncing: false,
         next_mutation: 3,
         next_conflict: 1,

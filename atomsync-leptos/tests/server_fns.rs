@@ -53,6 +53,7 @@ fn push_args(key: &str) -> Vec<u8> {
                 base_version: 0,
                 value: Some(Raw::from_text("\"pwned\"").unwrap()),
             }],
+            low_water: None,
         },
     })
     .unwrap()

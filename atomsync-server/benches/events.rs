@@ -191,6 +191,7 @@ fn push_body(round: u64) -> Vec<u8> {
             base_version: round - 1,
             value: Some(Raw::from_text(&round.to_string()).unwrap()),
         }],
+        low_water: None,
     })
     .unwrap()
 }

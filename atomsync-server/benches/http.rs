@@ -104,6 +104,7 @@ fn main() {
             group: "todo".to_owned(),
             client_id: "bench".to_owned(),
             changes,
+            low_water: None,
         };
         service.push(&Credentials::none(), request).await.unwrap();
         let cursor = service.cursor();

@@ -48,6 +48,7 @@ fn requests() -> Vec<PushRequest> {
                     }
                 })
                 .collect(),
+            low_water: None,
         })
         .collect()
 }

@@ -19,6 +19,10 @@ pub enum Error {
     /// the client must pull from the beginning (409).
     #[error("cursor reset: {0}")]
     CursorReset(String),
+    /// A mutation number of the client id was decided before for a change
+    /// with other content: the client must push under a new client id (409).
+    #[error("mutation reused: {0}")]
+    MutationReused(String),
     /// No token, or an unknown one (401).
     #[error("unauthorized: missing or unknown credentials")]
     Unauthorized,
@@ -83,7 +87,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::CursorReset(_) => StatusCode::CONFLICT,
+            Error::CursorReset(_) | Error::MutationReused(_) => StatusCode::CONFLICT,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) | Error::CrossOrigin(_) => StatusCode::FORBIDDEN,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -103,6 +107,7 @@ impl Error {
         let (error, message) = match self {
             Error::BadRequest(m) => (ErrorCode::BadRequest, m.clone()),
             Error::CursorReset(m) => (ErrorCode::CursorReset, m.clone()),
+            Error::MutationReused(m) => (ErrorCode::MutationReused, m.clone()),
             Error::Unauthorized => (ErrorCode::Unauthorized, self.to_string()),
             Error::Forbidden(_) | Error::CrossOrigin(_) => (ErrorCode::Forbidden, self.to_string()),
             Error::BodyTimeout { .. } => (ErrorCode::BadRequest, self.to_string()),

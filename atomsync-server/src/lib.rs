@@ -54,6 +54,7 @@
 //!         base_version: 0,
 //!         value: Some(Raw::from_text("((title . \"Buy milk\"))").unwrap()),
 //!     }],
+//!     low_water: None,
 //! };
 //! service.push(&credentials, push).await?;
 //! let pull = PullRequest { group: "todo".into(), since: None, limit: None };
@@ -88,6 +89,7 @@
 
 mod auth;
 mod error;
+mod history;
 mod limits;
 mod origin;
 mod routes;
@@ -102,4 +104,4 @@ pub use origin::OriginPolicy;
 pub use routes::{RouterOptions, router, router_with_options};
 pub use serve::{Serve, ServeOptions, serve};
 pub use service::{Subscription, SyncService};
-pub use store::{Store, StoreOptions, Synchronous};
+pub use store::{Store, StoreOptions, StoreStats, Synchronous};

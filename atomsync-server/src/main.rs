@@ -95,6 +95,48 @@ struct Args {
     /// How hard each commit waits for the disk.
     #[arg(long, value_enum, default_value_t = Sync::Full)]
     synchronous: Sync,
+
+    /// Give the database a new epoch on start, so that every client pulls
+    /// from the beginning: use it after restoring a backup together with
+    /// its .atomsync-hwm file (a copy of the whole directory, a VM
+    /// snapshot), which the server cannot notice by itself.
+    #[arg(long)]
+    new_epoch: bool,
+
+    /// How long deleted documents (tombstones) are kept before they are
+    /// purged, like 30d, 12h, 90m or 3600s; `never` keeps them for ever.
+    /// Clients whose cursor is older than a purged tombstone pull from the
+    /// beginning.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = horizon)]
+    tombstone_horizon: Horizon,
+}
+
+/// A tombstone horizon: a duration, or none.
+#[derive(Debug, Clone, Copy)]
+struct Horizon(Option<std::time::Duration>);
+
+fn horizon(text: &str) -> Result<Horizon, String> {
+    if text == "never" {
+        return Ok(Horizon(None));
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` needs a unit: s, m, h or d (like 30d), or `never`"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number of s, m, h or d, or `never`"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    let total = number
+        .checked_mul(seconds)
+        .ok_or_else(|| format!("`{text}` is too long"))?;
+    Ok(Horizon(Some(std::time::Duration::from_secs(total))))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -186,13 +228,22 @@ async fn run(args: Args) -> Result<(), String> {
     let store = tokio::task::spawn_blocking(move || {
         Store::open(
             &store_path,
-            StoreOptions::default().synchronous(synchronous),
+            StoreOptions::default()
+                .synchronous(synchronous)
+                .new_epoch(args.new_epoch)
+                .tombstone_horizon(args.tombstone_horizon.0),
         )
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("cannot open database {}: {e}", db.display()))?;
     tracing::info!(db = %db.display(), epoch = store.epoch(), "database open");
+    if let Some(reason) = store.new_epoch_reason() {
+        tracing::warn!(
+            "new epoch {}: {reason}; every client will pull from the beginning",
+            store.epoch()
+        );
+    }
 
     let service = match &args.users {
         Some(path) => {
@@ -296,5 +347,27 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn horizons_parse_with_units_or_never() {
+        let secs = |text| horizon(text).unwrap().0.map(|d| d.as_secs());
+        assert_eq!(secs("30d"), Some(30 * 86_400));
+        assert_eq!(secs("12h"), Some(12 * 3600));
+        assert_eq!(secs("90m"), Some(5400));
+        assert_eq!(secs("0s"), Some(0));
+        assert_eq!(secs("never"), None);
+        for bad in ["", "30", "d", "5x", "-1d", "1.5d", "99999999999999999999d"] {
+            let error = horizon(bad).unwrap_err();
+            assert!(
+                error.contains('`') || error.contains("unit"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -188,9 +188,13 @@ async fn pull(
     let limit = match params.limit.as_deref() {
         None | Some("") => None,
         Some(text) => Some(
-            text.parse::<u32>()
-                .ok()
-                .filter(|&n| n >= 1)
+            // Any whole number from 1 up, however long; large ones are
+            // capped (by the store, at the protocol's maximum page).
+            Some(text)
+                .filter(|t| t.len() <= 1000 && t.bytes().all(|b| b.is_ascii_digit()))
+                .map(|t| t.trim_start_matches('0'))
+                .filter(|t| !t.is_empty())
+                .map(|t| t.parse::<u32>().unwrap_or(u32::MAX))
                 .ok_or_else(|| {
                     Error::BadRequest(format!(
                         "invalid `limit`: expected a whole number from 1 to {} (larger \

@@ -18,6 +18,8 @@ use crate::{Error, OriginPolicy, Result, Store};
 const QUEUE: usize = 4096;
 /// How long the store thread keeps polling for work before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
+/// How often the store thread purges tombstones past the horizon.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How many change events a slow `/events` stream may fall behind before it
 /// skips to the latest cursor.
 const EVENTS: usize = 1024;
@@ -41,6 +43,8 @@ struct Shared {
     /// The latest change number, updated after each commit and before its
     /// event is sent.
     latest: AtomicU64,
+    /// The store's purge floor (see [`Cursor::floor`]).
+    floor: AtomicU64,
     events: broadcast::Sender<Event>,
     /// Changes received in authorized pushes since start, retries included.
     changes_received: AtomicU64,
@@ -51,6 +55,7 @@ impl Shared {
         Cursor {
             epoch: self.epoch.to_string(),
             seq,
+            floor: self.floor.load(Ordering::Acquire),
         }
     }
 }
@@ -102,13 +107,17 @@ impl SyncService {
         let shared = Arc::new(Shared {
             epoch: store.epoch().into(),
             latest: AtomicU64::new(store.cursor().seq),
+            floor: AtomicU64::new(store.cursor().floor),
             events,
             changes_received: AtomicU64::new(0),
         });
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("atomsync-store".to_owned())
-            .spawn(move || run_store(store, &queue))
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || run_store(store, &queue, &shared)
+            })
             .expect("failed to start the store thread");
         let (shutdown, _) = watch::channel(false);
         SyncService {
@@ -208,11 +217,12 @@ impl SyncService {
         credentials: &Credentials,
         request: PullRequest,
     ) -> Result<PullResponse> {
-        self.authorize(credentials, &request.group)?;
+        // Well-formed first (400), then allowed (403), as on every route.
         protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
         if request.limit == Some(0) {
             return Err(Error::BadRequest("limit must be at least 1".to_owned()));
         }
+        self.authorize(credentials, &request.group)?;
         // An up-to-date cursor (the usual poll): nothing changed after it, in
         // any group, and the store need not be asked.
         let shared = &self.inner.shared;
@@ -257,6 +267,7 @@ impl SyncService {
         credentials: &Credentials,
         request: PushRequest,
     ) -> Result<PushResponse> {
+        crate::store::validate_push(&request)?;
         self.authorize(credentials, &request.group)?;
         let shared = Arc::clone(&self.inner.shared);
         shared
@@ -295,8 +306,8 @@ impl SyncService {
     /// [`Error::BadRequest`] for an invalid group name,
     /// [`Error::Unauthorized`], [`Error::Forbidden`].
     pub async fn subscribe(&self, credentials: &Credentials, group: &str) -> Result<Subscription> {
-        self.authorize(credentials, group)?;
         protocol::validate_group(group).map_err(Error::BadRequest)?;
+        self.authorize(credentials, group)?;
         let shared = &self.inner.shared;
         // Subscribe before reading the cursor: a change committed in between
         // is then seen by one or the other.
@@ -330,9 +341,9 @@ impl SyncService {
             let result = f(store);
             // Changes made through `call` move the latest cursor too, before
             // the caller hears back.
-            shared
-                .latest
-                .fetch_max(store.cursor().seq, Ordering::AcqRel);
+            let cursor = store.cursor();
+            shared.latest.fetch_max(cursor.seq, Ordering::AcqRel);
+            shared.floor.store(cursor.floor, Ordering::Release);
             let _gone = reply.send(result);
         });
         self.inner
@@ -366,8 +377,26 @@ impl SyncService {
     }
 }
 
-fn run_store(mut store: Store, queue: &mpsc::Receiver<Message>) {
-    while let Some(message) = next_message(queue) {
+fn run_store(mut store: Store, queue: &mpsc::Receiver<Message>, shared: &Shared) {
+    let mut next_purge = Instant::now();
+    loop {
+        if Instant::now() >= next_purge {
+            match store.purge_expired_tombstones() {
+                Ok(0) => {}
+                Ok(_) => {
+                    let cursor = store.cursor();
+                    shared.floor.store(cursor.floor, Ordering::Release);
+                    shared.latest.fetch_max(cursor.seq, Ordering::AcqRel);
+                }
+                Err(e) => tracing::error!(error = %e, "purging tombstones failed"),
+            }
+            next_purge = Instant::now() + PURGE_EVERY;
+        }
+        let message = match next_message(queue, next_purge) {
+            Next::Message(message) => message,
+            Next::Timeout => continue,
+            Next::Closed => return,
+        };
         match message {
             Message::Job(job) => {
                 // A panicking job (a bug) fails its own request, not the
@@ -386,19 +415,32 @@ fn run_store(mut store: Store, queue: &mpsc::Receiver<Message>) {
     }
 }
 
-/// The next message. After a job, the thread polls (yielding the CPU) for
-/// [`SPIN`] before it sleeps: under load the next job comes sooner, and
-/// waking a sleeping thread costs more than a small pull.
-fn next_message(queue: &mpsc::Receiver<Message>) -> Option<Message> {
+enum Next {
+    Message(Message),
+    Timeout,
+    Closed,
+}
+
+/// The next message, or a timeout at `until`. After a job, the thread polls
+/// (yielding the CPU) for [`SPIN`] before it sleeps: under load the next job
+/// comes sooner, and waking a sleeping thread costs more than a small pull.
+fn next_message(queue: &mpsc::Receiver<Message>, until: Instant) -> Next {
     let deadline = Instant::now() + SPIN;
     loop {
         match queue.try_recv() {
-            Ok(message) => return Some(message),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Ok(message) => return Next::Message(message),
+            Err(mpsc::TryRecvError::Disconnected) => return Next::Closed,
             Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
                 std::thread::yield_now();
             }
-            Err(mpsc::TryRecvError::Empty) => return queue.recv().ok(),
+            Err(mpsc::TryRecvError::Empty) => {
+                let wait = until.saturating_duration_since(Instant::now());
+                return match queue.recv_timeout(wait) {
+                    Ok(message) => Next::Message(message),
+                    Err(mpsc::RecvTimeoutError::Timeout) => Next::Timeout,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Next::Closed,
+                };
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`Store`]: the documents of every group in one SQLite database.
 
 use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atomsync_core::protocol::{
     self, Change, ChangeResult, Cursor, Document, PullRequest, PullResponse, PushRequest,
@@ -10,6 +11,7 @@ use atomsync_core::sexpr::Raw;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::history::{self, HighWater};
 use crate::{Error, Result};
 
 /// The schema, one migration per entry, applied in order. `PRAGMA
@@ -39,6 +41,15 @@ const MIGRATIONS: &[&str] = &[
         version INTEGER,
         PRIMARY KEY (client_id, mutation)
     ) STRICT, WITHOUT ROWID;",
+    // 2: what each mutation was (to tell a retry from a reused number), when
+    // each document last changed (tombstone purges), and how far purges went.
+    "ALTER TABLE mutations ADD COLUMN base_version INTEGER;
+    ALTER TABLE mutations ADD COLUMN value_hash INTEGER;
+    ALTER TABLE documents ADD COLUMN changed_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE documents SET changed_at = unixepoch();
+    CREATE INDEX tombstones_by_age ON documents (changed_at) WHERE value IS NULL;
+    ALTER TABLE meta ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE meta ADD COLUMN purged_version INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// SQLite's `synchronous` setting: how hard a commit waits for the disk.
@@ -77,6 +88,16 @@ pub struct StoreOptions {
     /// documents is read in several pages. A page always holds at least one
     /// document.
     pub max_pull_bytes: usize,
+    /// Give the database a new epoch when it opens, so that every client
+    /// resets: the operator's declaration that the database was restored
+    /// (together with its high-water mark, which the store cannot notice by
+    /// itself; see `docs/protocol.md`). `false` by default.
+    pub new_epoch: bool,
+    /// How long tombstones (deleted documents) are kept before
+    /// [`Store::purge_tombstones`] may delete them; `None` keeps them for
+    /// ever. 30 days by default. A client whose cursor is older than a purged
+    /// tombstone is told to pull from the beginning.
+    pub tombstone_horizon: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -84,6 +105,8 @@ impl Default for StoreOptions {
         StoreOptions {
             synchronous: Synchronous::default(),
             max_pull_bytes: 8 << 20,
+            new_epoch: false,
+            tombstone_horizon: Some(Duration::from_secs(30 * 24 * 3600)),
         }
     }
 }
@@ -100,6 +123,30 @@ impl StoreOptions {
         self.synchronous = synchronous;
         self
     }
+
+    /// Sets [`StoreOptions::new_epoch`].
+    pub fn new_epoch(mut self, yes: bool) -> Self {
+        self.new_epoch = yes;
+        self
+    }
+
+    /// Sets [`StoreOptions::tombstone_horizon`].
+    pub fn tombstone_horizon(mut self, horizon: Option<Duration>) -> Self {
+        self.tombstone_horizon = horizon;
+        self
+    }
+}
+
+/// Row counts of a [`Store`], for diagnostics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Documents with a value.
+    pub documents: u64,
+    /// Deleted documents still kept (tombstones).
+    pub tombstones: u64,
+    /// Decided mutations remembered for retries.
+    pub mutations: u64,
 }
 
 /// The documents of every group, in one SQLite database.
@@ -130,6 +177,7 @@ impl StoreOptions {
 ///         base_version: 0,
 ///         value: Some(Raw::from_text("42").unwrap()),
 ///     }],
+///     low_water: None,
 /// })?;
 /// assert!(matches!(response.results[0], ChangeResult::Accepted { version: 1, .. }));
 /// let page = store.pull(&PullRequest { group: "todo".into(), since: None, limit: None })?;
@@ -142,23 +190,45 @@ pub struct Store {
     conn: Connection,
     epoch: String,
     seq: u64,
+    /// Pulls from before this change number are reset: a tombstone changed
+    /// at it (or before) was purged.
+    purged_seq: u64,
+    /// The highest version of a purged tombstone: a document created again
+    /// gets a version above it.
+    purged_version: u64,
     max_pull_bytes: usize,
+    tombstone_horizon: Option<Duration>,
+    /// The high-water mark beside the database file (none in memory).
+    mark: Option<HighWater>,
+    /// Why this open gave the database a new epoch, if it did.
+    new_epoch_reason: Option<String>,
 }
 
 impl Store {
     /// Opens (or creates) the database at `path` and brings its schema up to
     /// date.
+    ///
+    /// If history may have been lost since the database was last open (see
+    /// [`Store::new_epoch_reason`]), or [`StoreOptions::new_epoch`] asks for
+    /// it, the database gets a new epoch, so that every client pulls from
+    /// the beginning.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        let path = path.as_ref();
         let conn = Connection::open(path)?;
-        Store::setup(conn, &options)
+        Store::setup(conn, &options, Some(path))
     }
 
     /// Opens a fresh database in memory, for tests and simulations.
     pub fn open_in_memory() -> Result<Store> {
-        Store::setup(Connection::open_in_memory()?, &StoreOptions::default())
+        Store::open_in_memory_with(&StoreOptions::default())
     }
 
-    fn setup(mut conn: Connection, options: &StoreOptions) -> Result<Store> {
+    /// Opens a fresh database in memory with `options`.
+    pub fn open_in_memory_with(options: &StoreOptions) -> Result<Store> {
+        Store::setup(Connection::open_in_memory()?, options, None)
+    }
+
+    fn setup(mut conn: Connection, options: &StoreOptions, path: Option<&Path>) -> Result<Store> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // `journal_mode` answers with the mode in force ("memory" in memory).
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -168,14 +238,114 @@ impl Store {
         // bound to a range (`seq > ?`) changes, unless the plan is pinned:
         // that re-planning was most of a small pull's cost.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-        migrate(&mut conn)?;
-        let (epoch, seq) = read_meta(&conn)?;
+        let created = migrate(&mut conn)?;
+        let (mut epoch, seq, purged_seq, purged_version) = read_meta(&conn)?;
+        let durable = options.synchronous == Synchronous::Full;
+        let lost = match path {
+            Some(path) => history::lost_history(path, &epoch, seq, created, durable),
+            None => None,
+        };
+        let reason = match lost {
+            Some(reason) => Some(reason),
+            None if options.new_epoch && !created => {
+                Some("the operator declared a restore (new_epoch)".to_owned())
+            }
+            None => None,
+        };
+        if let Some(reason) = &reason {
+            let old = epoch;
+            epoch = new_epoch()?;
+            conn.execute("UPDATE meta SET epoch = ?1 WHERE id = 1", [&epoch])?;
+            tracing::warn!(%old, new = %epoch, "history may have been lost ({reason}): new epoch");
+        }
+        let mark = match path {
+            Some(path) => Some(HighWater::create(path, &epoch, seq)?),
+            None => None,
+        };
         Ok(Store {
             conn,
             epoch,
             seq,
+            purged_seq,
+            purged_version,
             max_pull_bytes: options.max_pull_bytes,
+            tombstone_horizon: options.tombstone_horizon,
+            mark,
+            new_epoch_reason: reason,
         })
+    }
+
+    /// Why opening gave the database a new epoch (history may have been
+    /// lost, or [`StoreOptions::new_epoch`]); `None` if it kept its epoch.
+    pub fn new_epoch_reason(&self) -> Option<&str> {
+        self.new_epoch_reason.as_deref()
+    }
+
+    /// Row counts: documents, tombstones, remembered mutations.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let count = |sql: &str| -> Result<u64> {
+            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+        };
+        Ok(StoreStats {
+            documents: count("SELECT count(*) FROM documents WHERE value IS NOT NULL")?,
+            tombstones: count("SELECT count(*) FROM documents WHERE value IS NULL")?,
+            mutations: count("SELECT count(*) FROM mutations")?,
+        })
+    }
+
+    /// Deletes the tombstones last changed before `cutoff`, and from then on
+    /// resets pulls whose cursor is older than the newest purged one (they
+    /// could miss the deletion). A purge takes a change number (so the
+    /// high-water mark moves, and a copy from before it counts as older).
+    /// Returns how many were deleted.
+    pub fn purge_tombstones(&mut self, cutoff: SystemTime) -> Result<u64> {
+        let cutoff = unix_seconds(cutoff);
+        let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
+        let (count, max_seq, max_version) = tx.query_row(
+            "SELECT count(*), max(seq), max(version) FROM documents
+             WHERE value IS NULL AND changed_at < ?1",
+            [cutoff],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Option<i64>>(1)?.map_or(0, |v| v as u64),
+                    r.get::<_, Option<i64>>(2)?.map_or(0, |v| v as u64),
+                ))
+            },
+        )?;
+        if count == 0 {
+            return Ok(0);
+        }
+        tx.execute(
+            "DELETE FROM documents WHERE value IS NULL AND changed_at < ?1",
+            [cutoff],
+        )?;
+        let purged_seq = self.purged_seq.max(max_seq);
+        let purged_version = self.purged_version.max(max_version);
+        let seq = read_seq(&tx)? + 1;
+        tx.execute(
+            "UPDATE meta SET purged_seq = ?1, purged_version = ?2, seq = ?3 WHERE id = 1",
+            params![purged_seq as i64, purged_version as i64, seq as i64],
+        )?;
+        tx.commit()?;
+        self.purged_seq = purged_seq;
+        self.purged_version = purged_version;
+        self.seq = seq;
+        self.note_commit(seq)?;
+        tracing::info!(count, purged_seq, "tombstones purged");
+        Ok(count)
+    }
+
+    /// [`Store::purge_tombstones`] of the tombstones older than
+    /// [`StoreOptions::tombstone_horizon`] (none without a horizon).
+    pub fn purge_expired_tombstones(&mut self) -> Result<u64> {
+        match self.tombstone_horizon {
+            Some(horizon) => {
+                let cutoff = SystemTime::now().checked_sub(horizon).unwrap_or(UNIX_EPOCH);
+                self.purge_tombstones(cutoff)
+            }
+            None => Ok(0),
+        }
     }
 
     /// The identity of this database, created with it.
@@ -185,9 +355,14 @@ impl Store {
 
     /// The cursor after the last accepted change.
     pub fn cursor(&self) -> Cursor {
+        self.cursor_at(self.seq)
+    }
+
+    fn cursor_at(&self, seq: u64) -> Cursor {
         Cursor {
             epoch: self.epoch.clone(),
-            seq: self.seq,
+            seq,
+            floor: self.purged_seq,
         }
     }
 
@@ -216,7 +391,7 @@ impl Store {
         let latest = read_seq(&tx)?;
         let since = match &request.since {
             None => 0,
-            Some(cursor) => check_cursor(cursor, &self.epoch, latest)?,
+            Some(cursor) => check_cursor(cursor, &self.epoch, latest, self.purged_seq)?,
         };
         let mut documents = Vec::with_capacity(limit.min(64));
         let mut last_seq = since;
@@ -249,10 +424,7 @@ impl Store {
         let seq = if more { last_seq } else { latest };
         Ok(PullResponse {
             documents,
-            cursor: Cursor {
-                epoch: self.epoch.clone(),
-                seq,
-            },
+            cursor: self.cursor_at(seq),
             more,
         })
     }
@@ -261,19 +433,28 @@ impl Store {
     ///
     /// A change is accepted when its `base_version` is the document's current
     /// version (0 for a key never written); the document then gets version
-    /// `base_version + 1` and the next change number. Otherwise it is a
-    /// conflict answered with the current document. A change whose
-    /// `(client_id, mutation)` was answered before is not applied again: it
-    /// gets the same answer (the same version if it was accepted; a conflict
-    /// with the document as it is now if it was refused).
+    /// `base_version + 1` and the next change number. (A key whose tombstone
+    /// was purged counts as never written, and also takes a base at or below
+    /// the highest purged version; it then gets a version above that.)
+    /// Otherwise it is a conflict answered with the current document.
+    ///
+    /// A change whose `(client_id, mutation)` was decided before with the
+    /// same content (group, key, base version, value) is not applied again:
+    /// it gets the same answer (the same version if it was accepted; a
+    /// conflict with the document as it is now if it was refused). The
+    /// answers to the client's mutations below `request.low_water` are
+    /// forgotten.
     ///
     /// # Errors
     ///
     /// [`Error::BadRequest`] for an invalid group, client id, key, version,
-    /// mutation number or batch size, or a mutation number the client already
-    /// used for another key. Nothing is applied then.
+    /// mutation number or batch size; [`Error::MutationReused`] for a
+    /// mutation number decided before for a change with other content.
+    /// Nothing is applied then.
     pub fn push(&mut self, request: &PushRequest) -> Result<PushResponse> {
         validate_push(request)?;
+        let now = unix_seconds(SystemTime::now());
+        let purged_version = self.purged_version;
         let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
         let start = read_seq(&tx)?;
         let mut seq = start;
@@ -282,23 +463,24 @@ impl Store {
             // Recording the answer first tells, in the same statement, whether
             // this change was decided before; the document is then written
             // only if its version is still `base_version`, and the answer is
-            // corrected to a conflict otherwise.
+            // corrected otherwise.
             let mut record = tx.prepare_cached(
-                "INSERT INTO mutations (client_id, mutation, grp, key, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                "INSERT INTO mutations (client_id, mutation, grp, key, version, base_version, \
+                 value_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
             )?;
-            let mut refuse = tx.prepare_cached(
-                "UPDATE mutations SET version = NULL WHERE client_id = ?1 AND mutation = ?2",
+            let mut correct = tx.prepare_cached(
+                "UPDATE mutations SET version = ?3 WHERE client_id = ?1 AND mutation = ?2",
             )?;
             let mut answered = tx.prepare_cached(
-                "SELECT grp, key, version FROM mutations WHERE client_id = ?1 AND mutation = ?2",
+                "SELECT grp, key, version, base_version, value_hash FROM mutations
+                 WHERE client_id = ?1 AND mutation = ?2",
             )?;
             let mut create = tx.prepare_cached(
-                "INSERT INTO documents (grp, key, value, version, seq) VALUES (?1, ?2, ?3, 1, ?4)
-                 ON CONFLICT (grp, key) DO NOTHING",
+                "INSERT INTO documents (grp, key, value, version, seq, changed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (grp, key) DO NOTHING",
             )?;
             let mut update = tx.prepare_cached(
-                "UPDATE documents SET value = ?3, version = ?4, seq = ?5
+                "UPDATE documents SET value = ?3, version = ?4, seq = ?5, changed_at = ?7
                  WHERE grp = ?1 AND key = ?2 AND version = ?6",
             )?;
             let mut find_document = tx.prepare_cached(
@@ -322,6 +504,7 @@ impl Store {
                     base_version,
                     ref value,
                 } = *change;
+                let hash = value_hash(value.as_ref());
                 let proposed = (base_version < protocol::MAX_VERSION).then_some(base_version + 1);
                 let recorded = record.execute(params![
                     request.client_id,
@@ -329,20 +512,29 @@ impl Store {
                     request.group,
                     key,
                     proposed.map(|v| v as i64),
+                    base_version as i64,
+                    hash,
                 ])?;
                 if recorded == 0 {
-                    let (grp, answered_key, version) =
+                    let (grp, answered_key, version, base, answered_hash) =
                         answered.query_row(params![request.client_id, mutation as i64], |row| {
                             Ok((
                                 row.get::<_, String>(0)?,
                                 row.get::<_, String>(1)?,
                                 row.get::<_, Option<i64>>(2)?,
+                                row.get::<_, Option<i64>>(3)?,
+                                row.get::<_, Option<i64>>(4)?,
                             ))
                         })?;
-                    if grp != request.group || answered_key != *key {
-                        return Err(Error::BadRequest(format!(
-                            "mutation {mutation} of client `{}` was already used for another \
-                             document; mutation numbers must not be reused",
+                    // Rows from before schema 2 know the group and key only.
+                    let same = grp == request.group
+                        && answered_key == *key
+                        && base.is_none_or(|b| b == base_version as i64)
+                        && answered_hash.is_none_or(|h| h == hash);
+                    if !same {
+                        return Err(Error::MutationReused(format!(
+                            "mutation {mutation} of client `{}` was already decided for another \
+                             change: push under a new client id",
                             request.client_id
                         )));
                     }
@@ -361,38 +553,64 @@ impl Store {
                     continue;
                 }
                 let value = value.as_ref().map(Raw::as_str);
-                let applied = match proposed {
-                    None => 0,
-                    Some(_) if base_version == 0 => {
-                        create.execute(params![request.group, key, value, seq as i64 + 1])?
-                    }
-                    Some(version) => update.execute(params![
+                let next = seq as i64 + 1;
+                let mut accepted = None;
+                if let Some(version) = proposed
+                    && base_version > 0
+                    && update.execute(params![
                         request.group,
                         key,
                         value,
                         version as i64,
-                        seq as i64 + 1,
+                        next,
                         base_version as i64,
-                    ])?,
-                };
-                match proposed {
-                    Some(version) if applied == 1 => {
+                        now,
+                    ])? == 1
+                {
+                    accepted = Some(version);
+                }
+                // A key never written, or whose tombstone was purged.
+                let fresh = base_version.max(purged_version);
+                if accepted.is_none()
+                    && (base_version == 0 || base_version <= purged_version)
+                    && fresh < protocol::MAX_VERSION
+                    && create.execute(params![
+                        request.group,
+                        key,
+                        value,
+                        fresh as i64 + 1,
+                        next,
+                        now
+                    ])? == 1
+                {
+                    accepted = Some(fresh + 1);
+                }
+                if accepted != proposed {
+                    correct.execute(params![
+                        request.client_id,
+                        mutation as i64,
+                        accepted.map(|v| v as i64)
+                    ])?;
+                }
+                results.push(match accepted {
+                    Some(version) => {
                         seq += 1;
-                        results.push(ChangeResult::Accepted {
+                        ChangeResult::Accepted {
                             mutation,
                             key: key.clone(),
                             version,
-                        });
+                        }
                     }
-                    _ => {
-                        refuse.execute(params![request.client_id, mutation as i64])?;
-                        results.push(ChangeResult::Conflict {
-                            mutation,
-                            key: key.clone(),
-                            current: current(key)?,
-                        });
-                    }
-                }
+                    None => ChangeResult::Conflict {
+                        mutation,
+                        key: key.clone(),
+                        current: current(key)?,
+                    },
+                });
+            }
+            if let Some(low_water) = request.low_water {
+                tx.prepare_cached("DELETE FROM mutations WHERE client_id = ?1 AND mutation < ?2")?
+                    .execute(params![request.client_id, low_water as i64])?;
             }
         }
         if seq != start {
@@ -400,10 +618,31 @@ impl Store {
         }
         tx.commit()?;
         self.seq = seq;
+        if seq != start {
+            self.note_commit(seq)?;
+        }
         Ok(PushResponse {
             results,
             cursor: self.cursor(),
         })
+    }
+
+    /// Records change `seq` in the high-water mark before it is acknowledged.
+    fn note_commit(&mut self, seq: u64) -> Result<()> {
+        if let Some(mark) = &mut self.mark {
+            mark.advance(seq)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(mark) = &mut self.mark
+            && let Err(e) = mark.close(self.seq)
+        {
+            tracing::error!(error = %e, "the high-water mark could not be closed");
+        }
     }
 }
 
@@ -454,8 +693,8 @@ impl Drop for Tx<'_> {
 }
 
 /// Brings the schema up to date and creates the meta row (with a fresh
-/// epoch) in one transaction.
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// epoch) in one transaction. Returns whether the database was new.
+fn migrate(conn: &mut Connection) -> Result<bool> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let applied: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let applied = usize::try_from(applied).unwrap_or(usize::MAX);
@@ -469,21 +708,27 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.execute_batch(migration)?;
         tx.pragma_update(None, "user_version", index as i64 + 1)?;
     }
-    tx.execute(
+    let created = tx.execute(
         "INSERT OR IGNORE INTO meta (id, epoch, seq) VALUES (1, ?1, 0)",
         [new_epoch()?],
-    )?;
+    )? == 1;
     tx.commit()?;
-    Ok(())
+    Ok(created)
 }
 
-fn read_meta(conn: &Connection) -> Result<(String, u64)> {
-    let (epoch, seq) = conn
-        .prepare_cached("SELECT epoch, seq FROM meta WHERE id = 1")?
+/// The epoch, change counter, and purge floors (change number, version).
+fn read_meta(conn: &Connection) -> Result<(String, u64, u64, u64)> {
+    let meta = conn
+        .prepare_cached("SELECT epoch, seq, purged_seq, purged_version FROM meta WHERE id = 1")?
         .query_row([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)? as u64,
+                row.get::<_, i64>(2)? as u64,
+                row.get::<_, i64>(3)? as u64,
+            ))
         })?;
-    Ok((epoch, seq as u64))
+    Ok(meta)
 }
 
 fn read_seq(conn: &Connection) -> Result<u64> {
@@ -501,7 +746,7 @@ fn new_epoch() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn check_cursor(cursor: &Cursor, epoch: &str, latest: u64) -> Result<u64> {
+fn check_cursor(cursor: &Cursor, epoch: &str, latest: u64, purged: u64) -> Result<u64> {
     if cursor.epoch != epoch {
         return Err(Error::CursorReset(
             "the cursor belongs to another database: pull again from the beginning".to_owned(),
@@ -513,7 +758,31 @@ fn check_cursor(cursor: &Cursor, epoch: &str, latest: u64) -> Result<u64> {
              pull again from the beginning"
         )));
     }
+    // Below the floor, and handed out before it rose: its holder may have
+    // missed a deletion. (One handed out since comes from a pull from the
+    // beginning, which misses nothing by skipping a purged tombstone.)
+    if cursor.seq < purged && cursor.floor < purged {
+        return Err(Error::CursorReset(format!(
+            "the cursor is older than the tombstone horizon (deletions up to change {purged} \
+             were purged): pull again from the beginning"
+        )));
+    }
     Ok(cursor.seq)
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The stable hash of a change's value, kept to tell a retried mutation from
+/// a reused number (`None`, a delete, hashes apart from every text).
+fn value_hash(value: Option<&Raw>) -> i64 {
+    match value {
+        Some(raw) => history::fnv1a(raw.as_str().as_bytes()) as i64,
+        None => -1,
+    }
 }
 
 /// A stored value back as a datum. Stored text was validated (and made
@@ -522,7 +791,7 @@ fn stored_value(text: Option<String>) -> Option<Raw> {
     text.map(Raw::from_trusted)
 }
 
-fn validate_push(request: &PushRequest) -> Result<()> {
+pub(crate) fn validate_push(request: &PushRequest) -> Result<()> {
     protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
     let id = &request.client_id;
     if id.is_empty() || id.len() > protocol::MAX_CLIENT_ID_LEN {
@@ -559,6 +828,12 @@ fn validate_push(request: &PushRequest) -> Result<()> {
             )));
         }
     }
+    if request.low_water.is_some_and(|l| l > protocol::MAX_VERSION) {
+        return Err(Error::BadRequest(format!(
+            "low_water must be at most {}",
+            protocol::MAX_VERSION
+        )));
+    }
     Ok(())
 }
 
@@ -584,6 +859,7 @@ mod tests {
             group: "g".to_owned(),
             client_id: client.to_owned(),
             changes,
+            low_water: None,
         })
     }
 
@@ -610,10 +886,11 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
-        let (epoch, seq) = read_meta(&conn).unwrap();
+        let meta = read_meta(&conn).unwrap();
+        let (epoch, seq, _, _) = meta.clone();
         // Running them again changes nothing, the epoch included.
-        migrate(&mut conn).unwrap();
-        assert_eq!(read_meta(&conn).unwrap(), (epoch.clone(), seq));
+        assert!(!migrate(&mut conn).unwrap(), "not new the second time");
+        assert_eq!(read_meta(&conn).unwrap(), meta);
         assert_eq!(seq, 0);
         assert_eq!(epoch.len(), 32);
         // The schema is consistent.
@@ -817,9 +1094,161 @@ mod tests {
                 ..
             }
         ));
-        // The same mutation number on another key is a client bug.
-        let err = push(&mut store, "c", vec![change(1, "zzz", 0, Some("1"))]).unwrap_err();
-        assert!(matches!(err, Error::BadRequest(_)), "{err}");
+        // The same mutation number for another change is a reuse (the
+        // client lost its state): another key, another value, another base.
+        let cursor = store.cursor();
+        for other in [
+            change(1, "zzz", 0, Some("1")),
+            change(1, "k", 0, Some("2")),
+            change(1, "k", 0, None),
+            change(1, "k", 3, Some("1")),
+        ] {
+            let err = push(&mut store, "c", vec![other.clone()]).unwrap_err();
+            assert!(matches!(err, Error::MutationReused(_)), "{other:?}: {err}");
+            assert_eq!(err.status(), http::StatusCode::CONFLICT);
+            assert_eq!(err.body().error, protocol::ErrorCode::MutationReused);
+        }
+        assert_eq!(store.cursor(), cursor, "nothing was applied");
+    }
+
+    #[test]
+    fn low_water_marks_forget_settled_answers() {
+        let mut store = Store::open_in_memory().unwrap();
+        let mut request = PushRequest {
+            group: "g".to_owned(),
+            client_id: "c".to_owned(),
+            changes: (1..=5)
+                .map(|m| change(m, &format!("k{m}"), 0, Some("1")))
+                .collect(),
+            low_water: None,
+        };
+        store.push(&request).unwrap();
+        push(&mut store, "d", vec![change(1, "x", 0, Some("1"))]).unwrap();
+        assert_eq!(store.stats().unwrap().mutations, 6);
+        request.changes = vec![change(6, "k6", 0, Some("1"))];
+        request.low_water = Some(4);
+        store.push(&request).unwrap();
+        // 1 to 3 of `c` are forgotten; 4 to 6 and `d`'s are kept.
+        assert_eq!(store.stats().unwrap().mutations, 4);
+        // A mark alone, with no change, works too.
+        request.changes.clear();
+        request.low_water = Some(100);
+        store.push(&request).unwrap();
+        assert_eq!(store.stats().unwrap().mutations, 1);
+        request.low_water = Some(protocol::MAX_VERSION + 1);
+        assert!(matches!(store.push(&request), Err(Error::BadRequest(_))));
+    }
+
+    #[test]
+    fn purged_tombstones_reset_cursors_that_could_miss_them() {
+        let mut store = Store::open_in_memory().unwrap();
+        push(
+            &mut store,
+            "c",
+            vec![
+                change(1, "a", 0, Some("1")),
+                change(2, "b", 0, Some("1")),
+                change(8, "c", 0, Some("1")),
+            ],
+        )
+        .unwrap();
+        let before_delete = store.cursor();
+        push(&mut store, "c", vec![change(3, "b", 1, None)]).unwrap();
+        let after_delete = store.cursor();
+        // Not old enough yet.
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        assert_eq!(store.purge_tombstones(past).unwrap(), 0);
+        let future = SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(store.purge_tombstones(future).unwrap(), 1);
+        assert_eq!(store.stats().unwrap().tombstones, 0);
+        assert_eq!(store.cursor().floor, after_delete.seq);
+        assert_eq!(
+            store.cursor().seq,
+            after_delete.seq + 1,
+            "a purge takes a number"
+        );
+        // Before the deletion: reset. After it: fine.
+        assert!(matches!(
+            pull(&mut store, Some(before_delete), None),
+            Err(Error::CursorReset(_))
+        ));
+        assert!(pull(&mut store, Some(after_delete), None).is_ok());
+        // A pull from the beginning pages through below the floor.
+        let first = pull(&mut store, None, Some(1)).unwrap();
+        assert!(first.more && first.cursor.seq < first.cursor.floor);
+        let rest = pull(&mut store, Some(first.cursor), None).unwrap();
+        assert!(!rest.more);
+        // `b` written again gets a version above its purged tombstone's (2),
+        // whether based on 0 or on the tombstone.
+        let r = push(&mut store, "c", vec![change(4, "b", 0, Some("2"))]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), Some(3));
+        push(&mut store, "c", vec![change(5, "b", 3, None)]).unwrap();
+        store.purge_tombstones(future).unwrap();
+        let r = push(&mut store, "c", vec![change(6, "b", 4, Some("3"))]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), Some(5));
+        // A base above every purged version, on an absent key: a conflict.
+        let r = push(&mut store, "c", vec![change(7, "zz", 9, Some("3"))]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), None);
+    }
+
+    #[test]
+    fn the_purge_floor_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        push(&mut store, "c", vec![change(1, "a", 0, Some("1"))]).unwrap();
+        push(&mut store, "c", vec![change(2, "a", 1, None)]).unwrap();
+        store
+            .purge_tombstones(SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
+        let cursor = store.cursor();
+        drop(store);
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(store.cursor(), cursor);
+        assert_eq!(store.new_epoch_reason(), None);
+    }
+
+    /// The database file put back to an older copy (a restored backup, lost
+    /// last commits, a copy without its WAL): the high-water mark beside it
+    /// tells, and the store takes a new epoch.
+    #[test]
+    fn a_database_that_went_back_gets_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let copy = dir.path().join("copy");
+        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(store.new_epoch_reason(), None, "a new database");
+        push(&mut store, "c", vec![change(1, "a", 0, Some("1"))]).unwrap();
+        let epoch = store.epoch().to_owned();
+        drop(store);
+        std::fs::copy(&path, &copy).unwrap();
+        // Reopened as it was: same epoch.
+        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(store.epoch(), epoch);
+        push(&mut store, "c", vec![change(2, "b", 0, Some("1"))]).unwrap();
+        drop(store);
+        // The older copy put back: a new epoch, the data as in the copy.
+        std::fs::copy(&copy, &path).unwrap();
+        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_ne!(store.epoch(), epoch);
+        assert!(
+            store.new_epoch_reason().unwrap().contains("change 2"),
+            "{:?}",
+            store.new_epoch_reason()
+        );
+        assert_eq!(pull(&mut store, None, None).unwrap().documents.len(), 1);
+        let second = store.epoch().to_owned();
+        drop(store);
+        // The database copied elsewhere without its mark: a new epoch too.
+        let moved = dir.path().join("moved");
+        std::fs::copy(&path, &moved).unwrap();
+        let store = Store::open(&moved, StoreOptions::default()).unwrap();
+        assert_ne!(store.epoch(), second);
+        drop(store);
+        // The operator declares a restore.
+        let store = Store::open(&path, StoreOptions::default().new_epoch(true)).unwrap();
+        assert_ne!(store.epoch(), second);
+        assert!(store.new_epoch_reason().unwrap().contains("operator"));
     }
 
     #[test]
@@ -835,7 +1264,7 @@ mod tests {
             vec![change(2, "a", 0, Some("1")), change(1, "b", 0, Some("1"))],
         )
         .unwrap_err();
-        assert!(matches!(err, Error::BadRequest(_)));
+        assert!(matches!(err, Error::MutationReused(_)));
         assert_eq!(store.cursor(), before);
         assert_eq!(pull(&mut store, None, None).unwrap().documents.len(), 1);
         // Mutation 2 was not recorded either.
@@ -850,6 +1279,7 @@ mod tests {
             group: "g".to_owned(),
             client_id: "c".to_owned(),
             changes: vec![change(1, "k", 0, Some("1"))],
+            low_water: None,
         };
         type Mutate = Box<dyn Fn(&mut PushRequest)>;
         let cases: Vec<(&str, Mutate)> = vec![
@@ -908,6 +1338,7 @@ mod tests {
                 group: "other".to_owned(),
                 client_id: "c".to_owned(),
                 changes: vec![change(100, "x", 0, Some("1"))],
+                low_water: None,
             })
             .unwrap();
         // k3 changes again: it moves to the end.
@@ -1001,18 +1432,12 @@ mod tests {
     fn foreign_or_future_cursors_reset() {
         let mut store = Store::open_in_memory().unwrap();
         push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
-        let foreign = Cursor {
-            epoch: "0123abcd".to_owned(),
-            seq: 1,
-        };
+        let foreign = Cursor::new("0123abcd", 1);
         assert!(matches!(
             pull(&mut store, Some(foreign), None),
             Err(Error::CursorReset(_))
         ));
-        let future = Cursor {
-            epoch: store.epoch().to_owned(),
-            seq: 2,
-        };
+        let future = Cursor::new(store.epoch().to_owned(), 2);
         assert!(matches!(
             pull(&mut store, Some(future), None),
             Err(Error::CursorReset(_))

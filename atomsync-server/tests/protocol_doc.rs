@@ -250,6 +250,47 @@ async fn transcript() -> Transcript {
         get("/sync?group=todo&since=0b9d2e6f1a7c4e3d8a5b2c1d0e9f8a7b.12"),
     )
     .await;
+    // The phone lost its state and numbers again from 1.
+    let reused = push_body(
+        "todo",
+        "phone-19c2",
+        vec![change(
+            1,
+            "eggs",
+            0,
+            Some(r#"((title . "Buy eggs") (done . #f))"#),
+        )],
+    );
+    t.exchange(&app, "error-mutation-reused", post(None, reused))
+        .await;
+    // The laptop's next push says everything below 4 is settled.
+    let mut next = common::push_request(
+        "todo",
+        "laptop-7f3a",
+        vec![change(
+            4,
+            "eggs",
+            0,
+            Some(r#"((title . "Buy eggs") (done . #f))"#),
+        )],
+    );
+    next.low_water = Some(4);
+    let next = atomsync_core::sexpr::to_string(&next).unwrap();
+    t.exchange(&app, "push-low-water", post(None, next)).await;
+    // The tombstone of call-bob (change 4) passes the horizon.
+    service
+        .call(|store| store.purge_tombstones(std::time::SystemTime::now() + Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    t.exchange(
+        &app,
+        "error-cursor-purged",
+        get(&format!("/sync?group=todo&since={}", cursor(3))),
+    )
+    .await;
+    t.exchange(&app, "pull-after-purge", get("/sync?group=todo"))
+        .await;
 
     // With a users file.
     let users = TokenFile::from_toml(

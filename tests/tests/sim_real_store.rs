@@ -8,10 +8,17 @@
 //! and a differential run in which every request also goes to the in-memory
 //! model (`FakeServer`) and the two must answer alike.
 //!
+//! The store's database is copied aside (`checkpoint`) and put back
+//! (`restore_checkpoint`) as files, the way an operator restores a backup or
+//! a crash loses the last commits: the store must notice by its high-water
+//! mark and take a new epoch, as the model does by construction.
+//!
 //! 200 seeds each by default; `ATOMSYNC_SIM_SEEDS=n` runs `n` seeds and
 //! `ATOMSYNC_SEED=n` replays seed `n` with a trace.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use atomsync_core::engine::testing::{FakeServer, SimConfig, SimServer, SimStats, run_seeds};
 use atomsync_core::protocol::{
@@ -56,6 +63,10 @@ impl RealStore {
     fn store(&mut self) -> &mut Store {
         self.store.as_mut().expect("the store is open")
     }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.path.with_extension("checkpoint")
+    }
 }
 
 impl SimServer for RealStore {
@@ -78,6 +89,33 @@ impl SimServer for RealStore {
                 .expect("the epoch changes");
         }
         self.store = Some(open(&self.path));
+    }
+
+    fn checkpoint(&mut self) {
+        // Closed first: SQLite folds its WAL into the file, which is then a
+        // consistent copy.
+        self.store = None;
+        std::fs::copy(&self.path, self.checkpoint_path()).expect("the database copies");
+        self.store = Some(open(&self.path));
+    }
+
+    fn restore_checkpoint(&mut self) {
+        self.store = None;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = self.path.clone().into_os_string();
+            side.push(suffix);
+            let _absent = std::fs::remove_file(side);
+        }
+        std::fs::copy(self.checkpoint_path(), &self.path).expect("the copy is put back");
+        self.store = Some(open(&self.path));
+    }
+
+    fn purge_tombstones(&mut self) {
+        // Every tombstone is past a horizon that ends tomorrow.
+        let tomorrow = SystemTime::now() + Duration::from_secs(86_400);
+        self.store()
+            .purge_tombstones(tomorrow)
+            .expect("tombstones purge");
     }
 }
 
@@ -106,35 +144,45 @@ fn engines_converge_against_the_real_store() {
 struct Differential {
     real: RealStore,
     model: FakeServer,
-    real_epoch: String,
-    model_epoch: String,
+    /// Real epoch -> model epoch, for every epoch either side has had.
+    to_model: BTreeMap<String, String>,
+    /// Model epoch -> real epoch.
+    to_real: BTreeMap<String, String>,
 }
 
 impl Differential {
     fn new() -> Differential {
-        let mut real = RealStore::new(false);
-        let model = FakeServer::new();
-        let real_epoch = real.store().epoch().to_owned();
-        let model_epoch = model.cursor().epoch;
-        Differential {
-            real,
-            model,
-            real_epoch,
-            model_epoch,
-        }
+        let mut differential = Differential {
+            real: RealStore::new(false),
+            model: FakeServer::new(),
+            to_model: BTreeMap::new(),
+            to_real: BTreeMap::new(),
+        };
+        differential.pair_epochs();
+        differential
+    }
+
+    /// Pairs the current epochs. A new epoch on one side only is an answer
+    /// that differs: it pairs with the other side's old one and the next
+    /// comparison fails.
+    fn pair_epochs(&mut self) {
+        let real = self.real.store().epoch().to_owned();
+        let model = self.model.cursor().epoch;
+        self.to_model.insert(real.clone(), model.clone());
+        self.to_real.insert(model, real);
     }
 
     fn to_model(&self, cursor: &Cursor) -> Cursor {
         let mut cursor = cursor.clone();
-        if cursor.epoch == self.real_epoch {
-            cursor.epoch.clone_from(&self.model_epoch);
+        if let Some(epoch) = self.to_model.get(&cursor.epoch) {
+            cursor.epoch.clone_from(epoch);
         }
         cursor
     }
 
     fn to_real(&self, cursor: &mut Cursor) {
-        if cursor.epoch == self.model_epoch {
-            cursor.epoch.clone_from(&self.real_epoch);
+        if let Some(epoch) = self.to_real.get(&cursor.epoch) {
+            cursor.epoch.clone_from(epoch);
         }
     }
 
@@ -185,6 +233,34 @@ impl SimServer for Differential {
     fn restart(&mut self) {
         self.real.restart();
         self.model.restart();
+        self.pair_epochs();
+    }
+
+    fn checkpoint(&mut self) {
+        self.real.checkpoint();
+        SimServer::checkpoint(&mut self.model);
+        self.pair_epochs();
+    }
+
+    fn restore_checkpoint(&mut self) {
+        let before = (
+            self.real.store().epoch().to_owned(),
+            self.model.cursor().epoch,
+        );
+        self.real.restore_checkpoint();
+        SimServer::restore_checkpoint(&mut self.model);
+        let real_new = self.real.store().epoch() != before.0;
+        let model_new = self.model.cursor().epoch != before.1;
+        assert_eq!(
+            real_new, model_new,
+            "after a restore, the real store took a new epoch: {real_new}, the model: {model_new}"
+        );
+        self.pair_epochs();
+    }
+
+    fn purge_tombstones(&mut self) {
+        self.real.purge_tombstones();
+        SimServer::purge_tombstones(&mut self.model);
     }
 }
 
@@ -197,5 +273,10 @@ fn real_store_answers_like_the_model() {
             stats.conflicts > 0 && stats.server_restarts > 0,
             "{stats:?}"
         );
+        assert!(
+            stats.restored_backups > 0 && stats.lost_last_commits > 0 && stats.purges > 0,
+            "{stats:?}"
+        );
+        assert!(stats.mutation_reuses > 0, "{stats:?}");
     }
 }

@@ -59,8 +59,27 @@ pub enum Resolution {
     Merged(Option<Raw>),
 }
 
+/// What a [`Conflict`] report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ConflictCause {
+    /// The server refused a local write: another write got there first.
+    #[default]
+    Write,
+    /// After a cursor reset to another database (the server was restored,
+    /// lost data, or was replaced), the server no longer has a document this
+    /// client had: `local` is its last value, `server` is `None`. Under
+    /// [`ConflictPolicy::ServerWins`] the document is gone locally too; under
+    /// [`ConflictPolicy::ClientWins`] (or a merge that keeps a value) it is
+    /// uploaded again as a new write.
+    Reset,
+    /// A local write larger than the server takes (413, alone in its push):
+    /// it was dropped, the document shows the server's value again, and
+    /// `local` is the refused value.
+    TooLarge,
+}
+
 /// A report of a local write the server refused because another write got
-/// there first.
+/// there first, or of a document a reset removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
     /// The report's number, increasing per engine.
@@ -75,6 +94,9 @@ pub struct Conflict {
     pub server_version: u64,
     /// What the engine did about it.
     pub resolution: Resolution,
+    /// What the report is about (a refused write unless told otherwise).
+    #[serde(default)]
+    pub cause: ConflictCause,
 }
 
 impl Conflict {

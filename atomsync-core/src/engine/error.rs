@@ -16,6 +16,17 @@ pub enum EngineError {
     Codec(crate::sexpr::Error),
     /// A stored snapshot is inconsistent.
     CorruptSnapshot(String),
+    /// The change would make a push larger than
+    /// [`EngineOptions::max_push_bytes`](super::EngineOptions::max_push_bytes)
+    /// on its own: the server could never take it.
+    TooLarge {
+        /// The document's key.
+        key: String,
+        /// The encoded change, in bytes.
+        bytes: usize,
+        /// The largest push, in bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for EngineError {
@@ -26,6 +37,10 @@ impl fmt::Display for EngineError {
             EngineError::InvalidKey(message) => write!(f, "invalid key: {message}"),
             EngineError::Codec(error) => write!(f, "value codec: {error}"),
             EngineError::CorruptSnapshot(message) => write!(f, "corrupt snapshot: {message}"),
+            EngineError::TooLarge { key, bytes, limit } => write!(
+                f,
+                "document {key:?} is too large to sync: {bytes} bytes, pushes take at most {limit}"
+            ),
         }
     }
 }

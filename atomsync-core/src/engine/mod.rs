@@ -34,7 +34,7 @@
 //!         key: "milk".into(),
 //!         version: 1,
 //!     }],
-//!     cursor: Cursor { epoch: "e1".into(), seq: 1 },
+//!     cursor: Cursor::new("e1", 1),
 //! };
 //! let effects = engine.on_push_response(&push, response);
 //! storage.apply(&effects.batch)?;
@@ -152,7 +152,7 @@ use std::mem;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use conflict::{Conflict, ConflictPolicy, MergeFn, Resolution};
+pub use conflict::{Conflict, ConflictCause, ConflictPolicy, MergeFn, Resolution};
 pub use error::EngineError;
 pub use retry::{Backoff, Failure, FailureKind, Halt};
 pub use storage::{
@@ -160,9 +160,41 @@ pub use storage::{
 };
 
 use crate::protocol::{
-    self, ChangeResult, Cursor, Document, PullRequest, PullResponse, PushRequest, PushResponse,
+    self, Change, ChangeResult, Cursor, Document, PullRequest, PullResponse, PushRequest,
+    PushResponse,
 };
 use crate::sexpr::Raw;
+
+/// The tag of a document known before a cursor reset, followed by the epoch
+/// it came from. No epoch contains `:`, so a tagged document never compares
+/// as from the same database: the server's full state replaces it.
+const RESET_TAG: &str = "reset:";
+
+/// The database of a stale document's tag: `EPOCH`, `EPOCH.SEQ`, or
+/// [`RESET_TAG`] and an epoch (which is no epoch).
+fn tag_epoch(tag: &str) -> &str {
+    tag.split_once('.').map_or(tag, |(epoch, _)| epoch)
+}
+
+/// The change number a stale document's tag was learnt at, if it says.
+fn tag_seq(tag: &str) -> Option<u64> {
+    tag.split_once('.').and_then(|(_, seq)| seq.parse().ok())
+}
+
+/// The encoded size of a change inside a push (with the space before it).
+fn change_bytes(change: &Change) -> usize {
+    crate::sexpr::to_vec(change).map_or(usize::MAX / 4, |body| body.len() + 1)
+}
+
+/// FNV-1a, 64 bits (not cryptographic).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
 
 /// Tunables of an [`Engine`] (not persisted: pass them again on restore).
 #[derive(Debug, Clone)]
@@ -172,6 +204,15 @@ pub struct EngineOptions {
     /// Most changes per push. Default 100 (at most
     /// [`protocol::MAX_PUSH_CHANGES`]).
     pub push_batch: usize,
+    /// The largest push, in bytes of its encoded body (4 MiB less 64 KiB by
+    /// default, under the server's default body limit with room for a
+    /// server function's envelope). Pushes take changes until the next one
+    /// would pass it; a single change that passes it on its own is refused
+    /// at [`Engine::set`] ([`EngineError::TooLarge`]). A server that answers
+    /// 413 all the same teaches the engine a smaller limit (until restart),
+    /// and a change refused alone is dropped and reported
+    /// ([`ConflictCause::TooLarge`]).
+    pub max_push_bytes: usize,
     /// Page size asked for in pulls; `None` (the default) takes the server's.
     pub pull_limit: Option<u32>,
     /// The retry schedule after temporary failures.
@@ -183,6 +224,7 @@ impl Default for EngineOptions {
         EngineOptions {
             policy: ConflictPolicy::default(),
             push_batch: 100,
+            max_push_bytes: (4 << 20) - (64 << 10),
             pull_limit: None,
             backoff: Backoff::default(),
         }
@@ -199,6 +241,12 @@ impl EngineOptions {
     /// Sets [`EngineOptions::push_batch`] (clamped to 1..=[`protocol::MAX_PUSH_CHANGES`]).
     pub fn push_batch(mut self, changes: usize) -> Self {
         self.push_batch = changes.clamp(1, protocol::MAX_PUSH_CHANGES);
+        self
+    }
+
+    /// Sets [`EngineOptions::max_push_bytes`].
+    pub fn max_push_bytes(mut self, bytes: usize) -> Self {
+        self.max_push_bytes = bytes;
         self
     }
 
@@ -295,6 +343,8 @@ pub struct Engine {
     failures: u32,
     ready_at: Option<u64>,
     halted: Option<Halt>,
+    /// A push limit the server taught by answering 413 (not persisted).
+    learned_push_bytes: Option<usize>,
     out: Out,
 }
 
@@ -417,6 +467,7 @@ impl Engine {
             failures: 0,
             ready_at: None,
             halted: None,
+            learned_push_bytes: None,
             out: Out::default(),
         }
     }
@@ -571,6 +622,21 @@ impl Engine {
 
     fn write(&mut self, key: String, value: Option<Raw>) -> Result<Effects, EngineError> {
         protocol::validate_key(&key).map_err(EngineError::InvalidKey)?;
+        let probe = Change {
+            mutation: protocol::MAX_VERSION,
+            key,
+            base_version: protocol::MAX_VERSION,
+            value,
+        };
+        let bytes = self.envelope_bytes() + change_bytes(&probe);
+        if bytes > self.options.max_push_bytes {
+            return Err(EngineError::TooLarge {
+                key: probe.key,
+                bytes,
+                limit: self.options.max_push_bytes,
+            });
+        }
+        let Change { key, value, .. } = probe;
         let (head, queued) = match self.by_key.get(&key) {
             Some(list) => (
                 list.first().copied(),
@@ -659,13 +725,29 @@ impl Engine {
             return None;
         }
         heads.sort_unstable();
-        heads.truncate(self.options.push_batch.clamp(1, protocol::MAX_PUSH_CHANGES));
-        let changes = heads.iter().map(|m| self.pending[m].to_change()).collect();
+        // Changes in queue order, while they fit the count and the bytes; a
+        // first change larger than the limit goes alone (the server refuses
+        // it alone, and it is reported).
+        let count = self.options.push_batch.clamp(1, protocol::MAX_PUSH_CHANGES);
+        let limit = self.push_limit();
+        let mut bytes = self.envelope_bytes();
+        let mut changes: Vec<Change> = Vec::new();
+        for mutation in &heads {
+            let change = self.pending[mutation].to_change();
+            let size = change_bytes(&change);
+            if !changes.is_empty() && (changes.len() == count || bytes + size > limit) {
+                break;
+            }
+            bytes += size;
+            changes.push(change);
+        }
+        heads.truncate(changes.len());
         self.push_in_flight = Some(heads);
         Some(PushRequest {
             group: self.meta.group.clone(),
             client_id: self.meta.client_id.clone(),
             changes,
+            low_water: Some(self.low_water()),
         })
     }
 
@@ -690,6 +772,17 @@ impl Engine {
         self.note_server_cursor(cursor);
     }
 
+    /// The low-water mark of this engine's mutation numbers: every number
+    /// below it is settled (answered, or given up) and will never be sent
+    /// again, so the server may forget its answer. Sent with every push.
+    pub fn low_water(&self) -> u64 {
+        self.pending
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.meta.next_mutation)
+    }
+
     /// Ends a halt (after new credentials, or once the app dealt with a
     /// permanent error) and forgets the backoff.
     pub fn resume(&mut self) {
@@ -709,6 +802,7 @@ impl Engine {
         self.end_push(request);
         self.succeeded();
         let epoch = response.cursor.epoch.clone();
+        let at = response.cursor.seq;
         if self
             .meta
             .cursor
@@ -733,9 +827,11 @@ impl Engine {
                 continue;
             }
             match result {
-                ChangeResult::Accepted { version, .. } => self.accepted(mutation, version, &epoch),
+                ChangeResult::Accepted { version, .. } => {
+                    self.accepted(mutation, version, &epoch, at);
+                }
                 ChangeResult::Conflict { current, .. } => {
-                    self.conflicted(mutation, current, &epoch);
+                    self.conflicted(mutation, current, &epoch, at);
                 }
             }
         }
@@ -768,7 +864,7 @@ impl Engine {
         }
         let epoch = response.cursor.epoch.clone();
         for doc in response.documents {
-            self.learn(doc.key, doc.value, doc.version, &epoch, true);
+            self.learn(doc.key, doc.value, doc.version, &epoch, None);
         }
         let advanced = self
             .meta
@@ -798,12 +894,27 @@ impl Engine {
         jitter: f64,
     ) -> Effects {
         if self.is_own_push(request) && self.end_push(request) {
-            let kind = match failure.kind() {
+            match failure.kind() {
+                // This client id numbered again (it lost its state once):
+                // push the same changes under a new id, at once.
+                FailureKind::MutationReused => self.rename(jitter),
+                // Too large for the server: one change is refused alone;
+                // several are split (the limit is learnt), at once.
+                FailureKind::TooLarge => match request.changes.as_slice() {
+                    [single] => self.refuse_too_large(single.mutation),
+                    _ => {
+                        let sent = self.envelope_bytes()
+                            + request.changes.iter().map(change_bytes).sum::<usize>();
+                        let half = (sent / 2).max(self.envelope_bytes() + 1);
+                        self.learned_push_bytes = Some(half.min(self.push_limit()));
+                    }
+                },
                 // A push has no cursor: a reset answer to it is a server fault.
-                FailureKind::CursorReset => FailureKind::Temporary,
-                kind => kind,
-            };
-            self.failed(kind, failure, now_ms, jitter);
+                FailureKind::CursorReset => {
+                    self.failed(FailureKind::Temporary, failure, now_ms, jitter);
+                }
+                kind => self.failed(kind, failure, now_ms, jitter),
+            }
         }
         self.finish()
     }
@@ -842,6 +953,79 @@ impl Engine {
     }
 
     // ----- internals -----
+
+    /// Takes a new client id: the old one with a suffix derived from
+    /// `random` (the caller's randomness, as for backoff jitter), the
+    /// counter and the old id. Pending changes keep their numbers, which are
+    /// fresh under the new id.
+    fn rename(&mut self, random: f64) {
+        let old = &self.meta.client_id;
+        let base = match old.rsplit_once('~') {
+            Some((base, suffix))
+                if suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                base
+            }
+            _ => old.as_str(),
+        };
+        let mut seed = Vec::with_capacity(old.len() + 16);
+        seed.extend_from_slice(&random.to_bits().to_le_bytes());
+        seed.extend_from_slice(&self.meta.next_mutation.to_le_bytes());
+        seed.extend_from_slice(old.as_bytes());
+        let suffix = format!("~{:016x}", fnv1a(&seed));
+        let mut keep = protocol::MAX_CLIENT_ID_LEN - suffix.len();
+        while !base.is_char_boundary(keep.min(base.len())) {
+            keep -= 1;
+        }
+        self.meta.client_id = format!("{}{suffix}", &base[..keep.min(base.len())]);
+        self.meta_dirty = true;
+    }
+
+    /// The push limit in force: the configured one, or less if the server
+    /// taught it.
+    fn push_limit(&self) -> usize {
+        self.learned_push_bytes
+            .map_or(self.options.max_push_bytes, |learned| {
+                learned.min(self.options.max_push_bytes)
+            })
+    }
+
+    /// The encoded size of a push of this engine with no changes.
+    fn envelope_bytes(&self) -> usize {
+        let empty = PushRequest {
+            group: self.meta.group.clone(),
+            client_id: self.meta.client_id.clone(),
+            changes: Vec::new(),
+            low_water: Some(protocol::MAX_VERSION),
+        };
+        crate::sexpr::to_vec(&empty).map_or(0, |body| body.len())
+    }
+
+    /// Drops a pending change the server refused as too large on its own,
+    /// and reports it; a write queued behind it goes next, on the same base.
+    fn refuse_too_large(&mut self, mutation: u64) {
+        let Some(change) = self.remove_pending(mutation) else {
+            return;
+        };
+        if let Some(&next) = self.by_key.get(&change.key).map(|list| &list[0]) {
+            let mut next = self.pending[&next].clone();
+            next.base_version = change.base_version;
+            self.put_pending(next);
+        }
+        let (server, server_version) = self
+            .docs
+            .get(&change.key)
+            .map_or((None, 0), |doc| (doc.value.clone(), doc.version));
+        self.report(Conflict {
+            id: 0,
+            key: change.key,
+            local: change.value,
+            server,
+            server_version,
+            resolution: Resolution::ServerWins,
+            cause: ConflictCause::TooLarge,
+        });
+    }
 
     fn next_mutation(&mut self) -> u64 {
         let mutation = self.meta.next_mutation;
@@ -885,6 +1069,10 @@ impl Engine {
 
     fn failed(&mut self, kind: FailureKind, failure: &Failure, now_ms: u64, jitter: f64) {
         match kind {
+            // Handled where it can happen (pushes); elsewhere a server fault.
+            FailureKind::MutationReused | FailureKind::TooLarge => {
+                self.failed(FailureKind::Temporary, failure, now_ms, jitter);
+            }
             FailureKind::Auth | FailureKind::Permanent => {
                 self.halted = Some(Halt {
                     kind,
@@ -917,12 +1105,16 @@ impl Engine {
 
     /// The database a stored document comes from.
     fn doc_epoch<'a>(&'a self, doc: &'a StoredDoc) -> Option<&'a str> {
-        doc.epoch.as_deref().or(self.cursor_epoch())
+        match doc.epoch.as_deref() {
+            Some(tag) => Some(tag_epoch(tag)),
+            None => self.cursor_epoch(),
+        }
     }
 
     /// Starts a pull from the beginning: forgets the cursor, and every
-    /// confirmed document becomes stale (tagged with the cursor's epoch) until
-    /// a page brings it again.
+    /// confirmed document becomes stale, tagged as known before the reset
+    /// ([`RESET_TAG`] and the cursor's epoch): whatever the server's full
+    /// state says of it then replaces it, whatever its version.
     fn begin_resync(&mut self) {
         self.meta.resyncing = true;
         self.meta_dirty = true;
@@ -937,44 +1129,124 @@ impl Engine {
             .filter(|(_, doc)| !doc.is_stale())
             .map(|(key, _)| key.clone())
             .collect();
+        let tag = format!("{RESET_TAG}{}", cursor.epoch);
         for key in confirmed {
             let mut doc = self.docs[&key].clone();
-            doc.epoch = Some(cursor.epoch.clone());
+            doc.epoch = Some(tag.clone());
             self.put_doc(key, doc);
         }
     }
 
     /// The pull from the beginning reached the end: stale documents of the
-    /// cursor's database are confirmed, the others are gone.
+    /// cursor's database are confirmed, the others are gone (the server does
+    /// not have them). A document with a value that was confirmed before a
+    /// reset to *another* database, and has no pending write, is reported
+    /// ([`ConflictCause::Reset`]) and resolved by the policy: gone, or
+    /// uploaded again. (Within one database, a document the full pull does
+    /// not bring was deleted and its tombstone purged: it goes quietly, as a
+    /// deletion pulled normally would.)
     fn end_resync(&mut self) {
-        let stale: Vec<(String, bool)> = self
+        let cursor_epoch = self.cursor_epoch().map(str::to_owned);
+        let cursor_seq = self.meta.cursor.as_ref().map_or(0, |c| c.seq);
+        let stale: Vec<(String, Option<String>)> = self
             .docs
             .iter()
             .filter(|(_, doc)| doc.is_stale())
-            .map(|(key, doc)| (key.clone(), doc.epoch.as_deref() == self.cursor_epoch()))
+            .map(|(key, doc)| (key.clone(), doc.epoch.clone()))
             .collect();
-        for (key, same_database) in stale {
-            if same_database {
+        for (key, tag) in stale {
+            // Learnt from this database by an answer after the pull's last
+            // page was read: it is there. (One learnt before that page, yet
+            // not in the pull, was deleted and its tombstone purged since.)
+            let this_database = tag.as_deref().is_some_and(|tag| {
+                Some(tag_epoch(tag)) == cursor_epoch.as_deref()
+                    && tag_seq(tag).is_none_or(|at| at > cursor_seq)
+            });
+            if this_database {
                 let mut doc = self.docs[&key].clone();
                 doc.epoch = None;
                 self.put_doc(key, doc);
-            } else {
-                self.touch(&key);
-                self.docs.remove(&key);
-                self.out.batch.docs.insert(key, None);
+                continue;
+            }
+            self.touch(&key);
+            let gone = self.docs.remove(&key).and_then(|doc| doc.value);
+            self.out.batch.docs.insert(key.clone(), None);
+            let other_database = tag
+                .as_deref()
+                .and_then(|t| t.strip_prefix(RESET_TAG))
+                .is_some_and(|old| Some(old) != cursor_epoch.as_deref());
+            if let Some(local) = gone
+                && other_database
+                && !self.by_key.contains_key(&key)
+            {
+                self.removed_by_reset(key, local);
             }
         }
         self.meta.resyncing = false;
         self.meta_dirty = true;
     }
 
+    /// Reports a document the server lost in a reset, and resolves it by the
+    /// policy: gone (server wins), or written again as a new document.
+    fn removed_by_reset(&mut self, key: String, local: Raw) {
+        let local = Some(local);
+        let (resolution, rewrite) = match &self.options.policy {
+            ConflictPolicy::ServerWins => (Resolution::ServerWins, None),
+            ConflictPolicy::ClientWins => (Resolution::ClientWins, local.clone()),
+            ConflictPolicy::Merge(merge) => {
+                let merged = merge(&key, local.as_ref(), None);
+                (Resolution::Merged(merged.clone()), merged)
+            }
+        };
+        if let Some(value) = rewrite {
+            let change = PendingChange {
+                mutation: self.next_mutation(),
+                key: key.clone(),
+                base_version: 0,
+                value: Some(value),
+            };
+            self.put_pending(change);
+        }
+        self.report(Conflict {
+            id: 0,
+            key,
+            local,
+            server: None,
+            server_version: 0,
+            resolution,
+            cause: ConflictCause::Reset,
+        });
+    }
+
+    /// Numbers a conflict report, keeps it durably and hands it out.
+    fn report(&mut self, mut conflict: Conflict) {
+        conflict.id = self.meta.next_conflict;
+        self.meta.next_conflict += 1;
+        self.meta_dirty = true;
+        self.out
+            .batch
+            .conflicts
+            .insert(conflict.id, Some(conflict.clone()));
+        self.conflicts.insert(conflict.id, conflict.clone());
+        self.out.conflicts.push(conflict);
+    }
+
     /// Learns that database `epoch` has `key` at `version`. Within one
     /// database a document only moves to higher versions; information from
-    /// another database replaces it. `confirm` (a page of the cursor's
-    /// database, or an answer of it) marks the document confirmed; otherwise
-    /// it is stale, tagged with `epoch`.
-    fn learn(&mut self, key: String, value: Option<Raw>, version: u64, epoch: &str, confirm: bool) {
-        let tag = (!confirm).then(|| epoch.to_owned());
+    /// another database replaces it. `stale_at` `None` (a page of the
+    /// cursor's database, or an answer of it) marks the document confirmed;
+    /// `Some(seq)` (an answer whose cursor was `seq`, while the cursor is of
+    /// another database or none) leaves it stale, tagged `EPOCH.SEQ`.
+    fn learn(
+        &mut self,
+        key: String,
+        value: Option<Raw>,
+        version: u64,
+        epoch: &str,
+        stale_at: Option<u64>,
+    ) {
+        let confirm = stale_at.is_none();
+        let tag = stale_at.map(|at| format!("{epoch}.{at}"));
         let doc = match self.docs.get(&key) {
             Some(old) if self.doc_epoch(old) == Some(epoch) && old.version >= version => {
                 if !confirm || !old.is_stale() {
@@ -999,7 +1271,7 @@ impl Engine {
         self.cursor_epoch() == Some(epoch)
     }
 
-    fn accepted(&mut self, mutation: u64, version: u64, epoch: &str) {
+    fn accepted(&mut self, mutation: u64, version: u64, epoch: &str, at: u64) {
         let Some(change) = self.remove_pending(mutation) else {
             return;
         };
@@ -1008,17 +1280,29 @@ impl Engine {
             next.base_version = version;
             self.put_pending(next);
         }
-        let confirm = self.confirms(epoch);
-        self.learn(change.key, change.value, version, epoch, confirm);
+        let stale_at = (!self.confirms(epoch)).then_some(at);
+        self.learn(change.key, change.value, version, epoch, stale_at);
     }
 
-    fn conflicted(&mut self, mutation: u64, current: Option<Document>, epoch: &str) {
-        let Some(key) = self.pending.get(&mutation).map(|c| c.key.clone()) else {
+    fn conflicted(&mut self, mutation: u64, current: Option<Document>, epoch: &str, at: u64) {
+        let Some((key, base)) = self
+            .pending
+            .get(&mutation)
+            .map(|c| (c.key.clone(), c.base_version))
+        else {
             return;
         };
-        let confirm = self.confirms(epoch);
+        // The change was based on a version this database handed out: if
+        // the database now has less, it went back in time (restored without
+        // a new epoch). Nothing known of it can be trusted: resync, and let
+        // the answer's document replace the one known.
+        let now_at = current.as_ref().map_or(0, |doc| doc.version);
+        if base > now_at && self.confirms(epoch) {
+            self.begin_resync();
+        }
+        let stale_at = (!self.confirms(epoch)).then_some(at);
         if let Some(doc) = current {
-            self.learn(key.clone(), doc.value, doc.version, epoch, confirm);
+            self.learn(key.clone(), doc.value, doc.version, epoch, stale_at);
         }
         // The newest state of that database known: the answer's, or a later
         // page's.
@@ -1056,20 +1340,15 @@ impl Engine {
             };
             self.put_pending(change);
         }
-        let id = self.meta.next_conflict;
-        self.meta.next_conflict += 1;
-        self.meta_dirty = true;
-        let conflict = Conflict {
-            id,
+        self.report(Conflict {
+            id: 0,
             key,
             local,
             server,
             server_version,
             resolution,
-        };
-        self.out.batch.conflicts.insert(id, Some(conflict.clone()));
-        self.conflicts.insert(id, conflict.clone());
-        self.out.conflicts.push(conflict);
+            cause: ConflictCause::Write,
+        });
     }
 
     /// Remembers the visible value of `key` before the step changes it.

@@ -31,6 +31,14 @@ pub enum FailureKind {
     Permanent,
     /// The pull cursor belongs to another database: resync from the beginning.
     CursorReset,
+    /// The server decided one of the push's mutation numbers before for a
+    /// change with other content (this client id numbered again after losing
+    /// its state): the engine takes a new client id and pushes again at once.
+    MutationReused,
+    /// The request body was larger than the server takes (413): a push of
+    /// several changes is split, a single change is refused alone and
+    /// reported.
+    TooLarge,
 }
 
 impl Failure {
@@ -40,6 +48,7 @@ impl Failure {
             Failure::Unreachable => FailureKind::Temporary,
             Failure::Status(status) => match status {
                 401 | 403 => FailureKind::Auth,
+                413 => FailureKind::TooLarge,
                 408 | 425 | 429 => FailureKind::Temporary,
                 400..=499 => FailureKind::Permanent,
                 _ => FailureKind::Temporary,
@@ -47,8 +56,10 @@ impl Failure {
             Failure::Error(body) => match body.error {
                 ErrorCode::CursorReset => FailureKind::CursorReset,
                 ErrorCode::Unauthorized | ErrorCode::Forbidden => FailureKind::Auth,
-                ErrorCode::BadRequest | ErrorCode::TooLarge => FailureKind::Permanent,
+                ErrorCode::BadRequest => FailureKind::Permanent,
+                ErrorCode::TooLarge => FailureKind::TooLarge,
                 ErrorCode::Internal | ErrorCode::Unavailable => FailureKind::Temporary,
+                ErrorCode::MutationReused => FailureKind::MutationReused,
             },
         }
     }

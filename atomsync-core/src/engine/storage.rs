@@ -18,9 +18,14 @@ pub struct StoredDoc {
     /// The server's version of the document.
     pub version: u64,
     /// `None`: confirmed in the database (epoch) of the engine's cursor.
-    /// `Some(epoch)`: learnt from that database and not confirmed by a pull
-    /// from the beginning yet (after a cursor reset or before the first full
-    /// pull); dropped when that pull ends, unless it was of the same database.
+    /// `Some(tag)`: not confirmed by a pull from the beginning yet (after a
+    /// cursor reset or before the first full pull). The tag is `EPOCH.SEQ`
+    /// (learnt from that database by an answer whose cursor was `SEQ`; kept
+    /// when the pull ends in that database before `SEQ`), `EPOCH` (the same,
+    /// written by an older version), or `reset:EPOCH` (known before a reset,
+    /// from that database: whatever the full pull says replaces it, and it is
+    /// dropped, and reported if the database changed, when the pull lacks
+    /// it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
 }

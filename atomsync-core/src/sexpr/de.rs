@@ -1059,8 +1059,13 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         visitor: V,
     ) -> Result<V::Value> {
         if name == RAW_TOKEN {
-            let text = self.capture_datum()?;
-            return visitor.visit_byte_buf(text.into_bytes());
+            // A document value has a depth of its own, whatever the message
+            // around it; it is skipped over without recursion.
+            let limit = self.max_depth;
+            self.max_depth = self.depth.saturating_add(super::VALUE_MAX_DEPTH);
+            let text = self.capture_datum();
+            self.max_depth = limit;
+            return visitor.visit_byte_buf(text?.into_bytes());
         }
         visitor.visit_newtype_struct(self)
     }

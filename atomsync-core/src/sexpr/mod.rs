@@ -83,6 +83,16 @@ pub use ser::{Compound, Serializer};
 /// recursion of serde well inside a 2 MiB thread stack.
 pub const DEFAULT_MAX_DEPTH: usize = 256;
 
+/// The deepest nesting of lists and vectors accepted in one document value:
+/// by [`Raw::from_value`] and [`Raw::to_value`], and for a [`Raw`] inside a
+/// message, counted from the value's own start (so the envelope around it
+/// takes nothing from it). Enough for a chain of 300 nested structs with
+/// optional children (three levels each); a value is skipped over without
+/// recursion inside messages, and decoding one this deep into a Rust type
+/// still fits a 2 MiB thread stack. Use [`Deserializer::with_max_depth`] and
+/// [`Serializer::with_max_depth`] for other limits.
+pub const VALUE_MAX_DEPTH: usize = 1024;
+
 /// The newtype-struct name through which [`Raw`] talks to this format.
 pub(crate) const RAW_TOKEN: &str = "$atomsync::sexpr::Raw";
 

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde::ser::{Serialize, Serializer};
 
-use super::{RAW_TOKEN, Result};
+use super::{Deserializer as SexprDeserializer, RAW_TOKEN, Result, VALUE_MAX_DEPTH};
 
 /// One well-formed S-expression datum, kept as text.
 ///
@@ -17,13 +17,17 @@ use super::{RAW_TOKEN, Result};
 pub struct Raw(String);
 
 impl Raw {
-    /// Encodes `value` as a datum.
+    /// Encodes `value` as a datum, nested at most [`VALUE_MAX_DEPTH`] deep.
     pub fn from_value<T: ?Sized + Serialize>(value: &T) -> Result<Self> {
-        super::to_string(value).map(Raw)
+        let mut out = Vec::with_capacity(128);
+        value.serialize(&mut super::Serializer::new(&mut out).with_max_depth(VALUE_MAX_DEPTH))?;
+        Ok(Raw(
+            String::from_utf8(out).expect("the serializer writes UTF-8")
+        ))
     }
 
-    /// Checks that `text` is exactly one datum (within the depth limit) and keeps
-    /// it with canonical spacing.
+    /// Checks that `text` is exactly one datum (nested at most
+    /// [`VALUE_MAX_DEPTH`] deep) and keeps it with canonical spacing.
     pub fn from_text(text: &str) -> Result<Self> {
         super::from_str::<Raw>(text)
     }
@@ -36,9 +40,13 @@ impl Raw {
         Raw(text)
     }
 
-    /// Decodes the datum into a Rust value.
+    /// Decodes the datum into a Rust value (nested at most
+    /// [`VALUE_MAX_DEPTH`] deep).
     pub fn to_value<'a, T: Deserialize<'a>>(&'a self) -> Result<T> {
-        super::from_str(&self.0)
+        let mut de = SexprDeserializer::from_str(&self.0).with_max_depth(VALUE_MAX_DEPTH);
+        let value = T::deserialize(&mut de).map_err(|e| de.err(e))?;
+        de.end()?;
+        Ok(value)
     }
 
     /// The datum's text.

@@ -29,6 +29,7 @@ pub fn push_request(group: &str, client: &str, changes: Vec<Change>) -> PushRequ
         group: group.to_owned(),
         client_id: client.to_owned(),
         changes,
+        low_water: None,
     }
 }
 

@@ -17,17 +17,35 @@ use crate::sexpr::Raw;
 /// the old + 1 and the change gets the next global change number. Pulls return
 /// the documents of a group changed after the cursor, in change order, pages
 /// ending as the real server's do. A `(client id, mutation)` answered before
-/// is answered the same way again without being applied. A cursor of another
-/// epoch, or beyond the last change, gets [`ErrorCode::CursorReset`].
+/// for the same change is answered the same way again without being applied;
+/// for another change it is [`ErrorCode::MutationReused`]. Answers below a
+/// push's low-water mark are forgotten. A cursor of another epoch, beyond the
+/// last change, or older than a purged tombstone gets
+/// [`ErrorCode::CursorReset`]. Purged tombstones leave their key absent; a
+/// key written again then gets a version above every purged one, and takes
+/// any base at or below it.
+///
+/// A database put back to a [`FakeServer::checkpoint`] gets a new epoch, as
+/// the real server's high-water mark gives it.
 #[derive(Debug, Clone)]
 pub struct FakeServer {
     epoch: String,
     generation: u64,
+    data: Data,
+    /// The copy taken aside, with the epoch it had.
+    checkpoint: Option<(String, Data)>,
+    reepoch_on_restart: bool,
+    restarts: u64,
+}
+
+/// What the database file holds.
+#[derive(Debug, Clone, Default)]
+struct Data {
     seq: u64,
     groups: BTreeMap<String, Group>,
     mutations: BTreeMap<(String, u64), Answered>,
-    reepoch_on_restart: bool,
-    restarts: u64,
+    purged_seq: u64,
+    purged_version: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -47,6 +65,8 @@ struct Doc {
 struct Answered {
     group: String,
     key: String,
+    base_version: u64,
+    value: Option<Raw>,
     version: Option<u64>,
 }
 
@@ -69,9 +89,8 @@ impl FakeServer {
         FakeServer {
             epoch: "fake-1".to_owned(),
             generation: 1,
-            seq: 0,
-            groups: BTreeMap::new(),
-            mutations: BTreeMap::new(),
+            data: Data::default(),
+            checkpoint: None,
             reepoch_on_restart: false,
             restarts: 0,
         }
@@ -93,8 +112,59 @@ impl FakeServer {
     pub fn cursor(&self) -> Cursor {
         Cursor {
             epoch: self.epoch.clone(),
-            seq: self.seq,
+            seq: self.data.seq,
+            floor: self.data.purged_seq,
         }
+    }
+
+    /// How many decided mutations the server remembers.
+    pub fn mutations_len(&self) -> usize {
+        self.data.mutations.len()
+    }
+
+    /// Copies the database aside (a backup).
+    pub fn checkpoint(&mut self) {
+        self.checkpoint = Some((self.epoch.clone(), self.data.clone()));
+    }
+
+    /// Puts the last [`FakeServer::checkpoint`] back (a restored backup, or
+    /// lost last commits; without a checkpoint, an empty database), with a
+    /// new epoch if that lost any change (or the copy was of another epoch).
+    /// Returns whether it did.
+    pub fn restore_checkpoint(&mut self) -> bool {
+        let (epoch, back) = self.checkpoint.clone().unwrap_or_default();
+        let lost = epoch != self.epoch || back.seq < self.data.seq;
+        self.data = back;
+        if lost {
+            self.next_epoch();
+        }
+        lost
+    }
+
+    /// Deletes every tombstone now (as if the horizon had passed for all).
+    pub fn purge_tombstones(&mut self) -> usize {
+        let data = &mut self.data;
+        let mut purged = 0;
+        for g in data.groups.values_mut() {
+            let gone: Vec<String> = g
+                .docs
+                .iter()
+                .filter(|(_, doc)| doc.value.is_none())
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in gone {
+                let doc = g.docs.remove(&key).expect("listed above");
+                g.by_seq.remove(&doc.seq);
+                data.purged_seq = data.purged_seq.max(doc.seq);
+                data.purged_version = data.purged_version.max(doc.version);
+                purged += 1;
+            }
+        }
+        // A purge takes a change number, as the real store's does.
+        if purged > 0 {
+            data.seq += 1;
+        }
+        purged
     }
 
     fn next_epoch(&mut self) {
@@ -107,7 +177,8 @@ impl FakeServer {
     /// are kept, every cursor handed out before is reset.
     pub fn renumber(&mut self) {
         self.next_epoch();
-        let mut all: Vec<(u64, String, String)> = self
+        let data = &mut self.data;
+        let mut all: Vec<(u64, String, String)> = data
             .groups
             .iter()
             .flat_map(|(group, g)| {
@@ -117,24 +188,23 @@ impl FakeServer {
             })
             .collect();
         all.sort();
-        for g in self.groups.values_mut() {
+        for g in data.groups.values_mut() {
             g.by_seq.clear();
         }
-        self.seq = 0;
+        data.seq = 0;
+        data.purged_seq = 0;
         for (_, group, key) in all {
-            self.seq += 1;
-            let g = self.groups.get_mut(&group).expect("group listed above");
-            g.docs.get_mut(&key).expect("key listed above").seq = self.seq;
-            g.by_seq.insert(self.seq, key);
+            data.seq += 1;
+            let g = data.groups.get_mut(&group).expect("group listed above");
+            g.docs.get_mut(&key).expect("key listed above").seq = data.seq;
+            g.by_seq.insert(data.seq, key);
         }
     }
 
     /// Replaces the database by an empty one with a new epoch (a wiped server).
     pub fn wipe(&mut self) {
         self.next_epoch();
-        self.seq = 0;
-        self.groups.clear();
-        self.mutations.clear();
+        self.data = Data::default();
     }
 
     /// Writes a document directly, bypassing the protocol (for setting up
@@ -146,25 +216,26 @@ impl FakeServer {
     }
 
     fn write(&mut self, group: &str, key: &str, value: Option<Raw>, version: u64) {
-        self.seq += 1;
-        let g = self.groups.entry(group.to_owned()).or_default();
+        let data = &mut self.data;
+        data.seq += 1;
+        let g = data.groups.entry(group.to_owned()).or_default();
         if let Some(old) = g.docs.get(key) {
             g.by_seq.remove(&old.seq);
         }
-        g.by_seq.insert(self.seq, key.to_owned());
+        g.by_seq.insert(data.seq, key.to_owned());
         g.docs.insert(
             key.to_owned(),
             Doc {
                 value,
                 version,
-                seq: self.seq,
+                seq: data.seq,
             },
         );
     }
 
     /// The server's document `key` of `group` (tombstones included).
     pub fn document(&self, group: &str, key: &str) -> Option<Document> {
-        let doc = self.groups.get(group)?.docs.get(key)?;
+        let doc = self.data.groups.get(group)?.docs.get(key)?;
         Some(Document {
             key: key.to_owned(),
             version: doc.version,
@@ -174,7 +245,7 @@ impl FakeServer {
 
     /// All documents of `group` in key order (tombstones included).
     pub fn documents(&self, group: &str) -> Vec<Document> {
-        self.groups.get(group).map_or_else(Vec::new, |g| {
+        self.data.groups.get(group).map_or_else(Vec::new, |g| {
             g.docs
                 .iter()
                 .map(|(key, doc)| Document {
@@ -197,7 +268,12 @@ impl SimServer for FakeServer {
         } as usize;
         let since = match &request.since {
             None => 0,
-            Some(cursor) if cursor.epoch != self.epoch || cursor.seq > self.seq => {
+            Some(cursor)
+                if cursor.epoch != self.epoch
+                    || cursor.seq > self.data.seq
+                    || (cursor.seq < self.data.purged_seq
+                        && cursor.floor < self.data.purged_seq) =>
+            {
                 return Err(ErrorBody {
                     error: ErrorCode::CursorReset,
                     message: "the cursor belongs to another database".to_owned(),
@@ -208,7 +284,7 @@ impl SimServer for FakeServer {
         let mut documents = Vec::new();
         let mut more = false;
         let mut last_seq = since;
-        if let Some(g) = self.groups.get(&request.group) {
+        if let Some(g) = self.data.groups.get(&request.group) {
             for (&seq, key) in g.by_seq.range(since + 1..) {
                 if documents.len() == limit {
                     more = true;
@@ -227,7 +303,8 @@ impl SimServer for FakeServer {
             documents,
             cursor: Cursor {
                 epoch: self.epoch.clone(),
-                seq: if more { last_seq } else { self.seq },
+                seq: if more { last_seq } else { self.data.seq },
+                floor: self.data.purged_seq,
             },
             more,
         })
@@ -244,19 +321,27 @@ impl SimServer for FakeServer {
         }
         for change in &request.changes {
             protocol::validate_key(&change.key).map_err(bad_request)?;
-            let answered = self.mutations.get(&(id.clone(), change.mutation));
-            if answered.is_some_and(|a| a.group != request.group || a.key != change.key) {
-                return Err(bad_request(format!(
-                    "mutation {} of client `{id}` was already used for another document",
-                    change.mutation
-                )));
+            let answered = self.data.mutations.get(&(id.clone(), change.mutation));
+            if answered.is_some_and(|a| {
+                a.group != request.group
+                    || a.key != change.key
+                    || a.base_version != change.base_version
+                    || a.value != change.value
+            }) {
+                return Err(ErrorBody {
+                    error: ErrorCode::MutationReused,
+                    message: format!(
+                        "mutation {} of client `{id}` was already decided for another change",
+                        change.mutation
+                    ),
+                });
             }
         }
         let mut results = Vec::with_capacity(request.changes.len());
         for change in &request.changes {
             let mutation = change.mutation;
             let key = change.key.clone();
-            if let Some(answered) = self.mutations.get(&(id.clone(), mutation)) {
+            if let Some(answered) = self.data.mutations.get(&(id.clone(), mutation)) {
                 results.push(match answered.version {
                     Some(version) => ChangeResult::Accepted {
                         mutation,
@@ -272,24 +357,31 @@ impl SimServer for FakeServer {
                 continue;
             }
             let current = self.document(&request.group, &key);
-            let version = current.as_ref().map_or(0, |d| d.version);
-            let accepted = change.base_version == version;
-            if accepted {
-                self.write(&request.group, &key, change.value.clone(), version + 1);
+            let base = change.base_version;
+            let floor = self.data.purged_version;
+            let new_version = match &current {
+                Some(doc) => (base == doc.version).then(|| doc.version + 1),
+                // Never written, or its tombstone purged.
+                None => (base == 0 || base <= floor).then(|| base.max(floor) + 1),
+            };
+            if let Some(version) = new_version {
+                self.write(&request.group, &key, change.value.clone(), version);
             }
-            self.mutations.insert(
+            self.data.mutations.insert(
                 (id.clone(), mutation),
                 Answered {
                     group: request.group.clone(),
                     key: key.clone(),
-                    version: accepted.then_some(version + 1),
+                    base_version: base,
+                    value: change.value.clone(),
+                    version: new_version,
                 },
             );
-            results.push(if accepted {
+            results.push(if let Some(version) = new_version {
                 ChangeResult::Accepted {
                     mutation,
                     key,
-                    version: version + 1,
+                    version,
                 }
             } else {
                 ChangeResult::Conflict {
@@ -298,6 +390,11 @@ impl SimServer for FakeServer {
                     current,
                 }
             });
+        }
+        if let Some(low) = request.low_water {
+            self.data
+                .mutations
+                .retain(|(client, mutation), _| client != id || *mutation >= low);
         }
         Ok(PushResponse {
             results,
@@ -310,5 +407,18 @@ impl SimServer for FakeServer {
         if self.reepoch_on_restart {
             self.renumber();
         }
+    }
+
+    fn checkpoint(&mut self) {
+        FakeServer::checkpoint(self);
+    }
+
+    fn restore_checkpoint(&mut self) {
+        self.restarts += 1;
+        FakeServer::restore_checkpoint(self);
+    }
+
+    fn purge_tombstones(&mut self) {
+        FakeServer::purge_tombstones(self);
     }
 }

@@ -34,4 +34,12 @@ pub trait SimServer {
     fn push(&mut self, request: &PushRequest) -> Result<PushResponse, ErrorBody>;
     /// Restarts the server: whatever it acknowledged must survive.
     fn restart(&mut self);
+    /// Copies the database aside, as a backup would.
+    fn checkpoint(&mut self);
+    /// Restarts the server on the last [`SimServer::checkpoint`] (a restored
+    /// backup; with a recent checkpoint, the loss of the last commits): the
+    /// server must notice and give the database a new epoch.
+    fn restore_checkpoint(&mut self);
+    /// Purges every tombstone, as the tombstone horizon passing would.
+    fn purge_tombstones(&mut self);
 }

@@ -4,15 +4,21 @@
 //! write, update and delete overlapping keys while a fault-injecting
 //! transport loses, duplicates, delays and reorders requests and responses in
 //! virtual time, the server restarts, and clients restart (also in the middle
-//! of pushes, restoring from their storage). Then the faults stop and
-//! everyone syncs until nothing changes, and the simulation checks:
+//! of pushes, restoring from their storage). The server is also put back to
+//! an earlier copy of its database (a restored backup, or the loss of its last
+//! commits), purges its tombstones, and clients lose their storage and come
+//! back with the same client id (numbering their changes again). Then the
+//! faults stop and everyone syncs until nothing changes, and the simulation
+//! checks:
 //!
 //! - every engine holds exactly the server's documents (values and versions,
-//!   tombstones included), has nothing pending, and its storage holds exactly
-//!   its state;
-//! - no acknowledged write was lost: each `(key, version)` an engine was told
-//!   was accepted is current (with the value written) or superseded by a
-//!   later version;
+//!   tombstones included, except tombstones the server purged), has nothing
+//!   pending, and its storage holds exactly its state;
+//! - no write the surviving server acknowledged was lost: each
+//!   `(key, version)` an engine was told was accepted is current (with the
+//!   value written) or superseded by a later version (or by a purged
+//!   deletion); acknowledgements of a history the server lost by a restore
+//!   are void;
 //! - every conflict was reported: each local write was accepted by the
 //!   server, overwritten locally while still visible, reported as the local
 //!   value of a conflict, or (a delete) refused against a deleted document;
@@ -26,8 +32,8 @@ use std::panic::{self, AssertUnwindSafe};
 
 use super::{SimRng, SimServer};
 use crate::engine::{
-    Backoff, ConflictPolicy, Effects, Engine, EngineOptions, Failure, FailureKind, MemoryStorage,
-    Storage,
+    Backoff, ConflictCause, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, Failure,
+    FailureKind, MemoryStorage, Storage,
 };
 use crate::protocol::{
     ChangeResult, Cursor, Document, ErrorBody, ErrorCode, MAX_PULL_LIMIT, PullRequest,
@@ -102,6 +108,26 @@ pub struct SimStats {
     pub client_restarts: u64,
     /// Client restarts while a push was unanswered.
     pub restarts_mid_push: u64,
+    /// Copies of the server's database taken aside.
+    pub checkpoints: u64,
+    /// Servers put back to a copy taken long before (a restored backup).
+    pub restored_backups: u64,
+    /// Servers put back to a copy taken just before (the last commits lost).
+    pub lost_last_commits: u64,
+    /// Tombstone purges that deleted something.
+    pub purges: u64,
+    /// Clients that lost their storage and came back with the same id.
+    pub storage_losses: u64,
+    /// Pushes refused because a mutation number was reused.
+    pub mutation_reuses: u64,
+    /// Documents reported as removed by a reset to another database.
+    pub reset_reports: u64,
+    /// Writes the engine refused as larger than any push may be.
+    pub refused_writes: u64,
+    /// Pushes the server refused as too large (413).
+    pub too_large_pushes: u64,
+    /// Changes refused alone as too large, and reported.
+    pub too_large_reports: u64,
 }
 
 impl SimStats {
@@ -127,6 +153,19 @@ impl SimStats {
             "{self:?}"
         );
         assert!(self.restarts_mid_push > 0, "{self:?}");
+        assert!(
+            self.restored_backups > 0 && self.lost_last_commits > 0,
+            "{self:?}"
+        );
+        assert!(self.purges > 0 && self.storage_losses > 0, "{self:?}");
+        assert!(
+            self.mutation_reuses > 0 && self.reset_reports > 0,
+            "{self:?}"
+        );
+        assert!(
+            self.refused_writes > 0 && self.too_large_pushes > 0 && self.too_large_reports > 0,
+            "{self:?}"
+        );
     }
 
     fn add(&mut self, other: &SimStats) {
@@ -145,6 +184,16 @@ impl SimStats {
         self.server_restarts += other.server_restarts;
         self.client_restarts += other.client_restarts;
         self.restarts_mid_push += other.restarts_mid_push;
+        self.checkpoints += other.checkpoints;
+        self.restored_backups += other.restored_backups;
+        self.lost_last_commits += other.lost_last_commits;
+        self.purges += other.purges;
+        self.storage_losses += other.storage_losses;
+        self.mutation_reuses += other.mutation_reuses;
+        self.reset_reports += other.reset_reports;
+        self.refused_writes += other.refused_writes;
+        self.too_large_pushes += other.too_large_pushes;
+        self.too_large_reports += other.too_large_reports;
     }
 }
 
@@ -239,6 +288,11 @@ pub fn simulate<S: SimServer>(
 }
 
 const TIMEOUT_MS: u64 = 100;
+/// The largest push body the simulated server takes (413 beyond it): below
+/// what the engines are configured with, so they learn it.
+const SERVER_MAX_BODY: usize = 900;
+/// What the engines are configured with.
+const ENGINE_MAX_PUSH: usize = 2000;
 const MAX_DELAY_MS: u64 = 40;
 const QUIESCENCE_ROUNDS: usize = 40;
 
@@ -297,6 +351,10 @@ struct Slot {
     unaccounted: BTreeMap<String, Vec<Option<Raw>>>,
 }
 
+type Acks = BTreeMap<(String, String), BTreeMap<u64, Option<Raw>>>;
+/// Purged tombstones: (group, key) -> highest version.
+type Purged = BTreeMap<(String, String), u64>;
+
 struct Sim<S> {
     seed: u64,
     rng: SimRng,
@@ -312,7 +370,16 @@ struct Sim<S> {
     next_value: u64,
     faults: bool,
     /// Acknowledged writes: (group, key) -> version -> value.
-    acks: BTreeMap<(String, String), BTreeMap<u64, Option<Raw>>>,
+    acks: Acks,
+    /// Tombstones the server purged: (group, key) -> highest version.
+    purged: Purged,
+    /// The step of the server's last checkpoint, and what the checker knew
+    /// then (acknowledgements and purges), put back with it.
+    checkpoint: Option<(u64, Acks, Purged)>,
+    step_no: u64,
+    /// A restore, a storage loss or a purge happened: an engine may then
+    /// collide with a write of its own that it no longer knows of.
+    history_lost: bool,
     stats: SimStats,
     trace: Option<Vec<String>>,
 }
@@ -336,6 +403,7 @@ impl<S: SimServer> Sim<S> {
                     _ => ConflictPolicy::merge(|_, local, server| local.max(server).cloned()),
                 };
                 let options = EngineOptions::default()
+                    .max_push_bytes(ENGINE_MAX_PUSH)
                     .policy(policy)
                     .push_batch(rng.between(1, 4) as usize)
                     .pull_limit(Some(rng.between(1, 5) as u32))
@@ -375,6 +443,10 @@ impl<S: SimServer> Sim<S> {
             next_value: 0,
             faults: true,
             acks: BTreeMap::new(),
+            purged: BTreeMap::new(),
+            checkpoint: None,
+            step_no: 0,
+            history_lost: false,
             stats: SimStats {
                 runs: 1,
                 clients: clients as u64,
@@ -427,6 +499,7 @@ impl<S: SimServer> Sim<S> {
     }
 
     fn step(&mut self) -> Result<(), String> {
+        self.step_no += 1;
         for index in 0..self.slots.len() {
             if self.slots[index].engine.status().halted.is_some() && self.rng.chance(0.05) {
                 self.log(|| format!("slot {index}: app resumes after halt"));
@@ -449,6 +522,19 @@ impl<S: SimServer> Sim<S> {
         } else if roll < 0.927 {
             self.restart_server();
             Ok(())
+        } else if roll < 0.947 {
+            self.checkpoint_server();
+            Ok(())
+        } else if roll < 0.951 {
+            self.restore_server();
+            Ok(())
+        } else if roll < 0.954 {
+            let client = self.slots[slot].client;
+            self.lose_storage(client);
+            Ok(())
+        } else if roll < 0.959 {
+            self.purge_server();
+            Ok(())
         } else {
             Ok(())
         }
@@ -460,24 +546,51 @@ impl<S: SimServer> Sim<S> {
             None
         } else {
             self.next_value += 1;
-            let text = format!("\"c{}v{}\"", self.slots[index].client, self.next_value);
+            // Mostly small values; some that make pushes of several too
+            // large for the server, some too large for it alone, and a few
+            // larger than any push may be.
+            let padding = match self.rng.unit() {
+                r if r < 0.03 => 250,
+                r if r < 0.04 => SERVER_MAX_BODY,
+                r if r < 0.045 => ENGINE_MAX_PUSH,
+                _ => 0,
+            };
+            let text = format!(
+                "\"c{}v{}{}\"",
+                self.slots[index].client,
+                self.next_value,
+                "x".repeat(padding)
+            );
             Some(Raw::from_text(&text).expect("a string datum"))
         };
         self.stats.writes += 1;
-        self.log(|| format!("slot {index}: write {key} = {value:?}"));
+        self.log(|| {
+            format!(
+                "slot {index}: write {key} = {:?}",
+                value.as_ref().map(|v| v.as_str().len())
+            )
+        });
         let slot = &mut self.slots[index];
         // Writes still visible are overwritten by the user: accounted for.
         let visible = slot.engine.get(&key).cloned();
-        let list = slot.unaccounted.entry(key.clone()).or_default();
+        let result = match value.clone() {
+            Some(value) => slot.engine.set(key.clone(), value),
+            None => slot.engine.delete(key.clone()),
+        };
+        let effects = match result {
+            Ok(effects) => effects,
+            // Refused at once, never visible: the user is told.
+            Err(EngineError::TooLarge { .. }) => {
+                self.stats.refused_writes += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(format!("write refused: {e}")),
+        };
+        let list = slot.unaccounted.entry(key).or_default();
         if list.last() == Some(&visible) {
             list.clear();
         }
-        list.push(value.clone());
-        let effects = match value {
-            Some(value) => slot.engine.set(key, value),
-            None => slot.engine.delete(key),
-        }
-        .map_err(|e| format!("write refused: {e}"))?;
+        list.push(value);
         self.apply(index, effects)
     }
 
@@ -534,6 +647,30 @@ impl<S: SimServer> Sim<S> {
         if !self.faults {
             let delay = self.delay();
             self.schedule(delay, arrive(request, self.server_life));
+            return;
+        }
+        // The server refuses a body larger than it takes, faults or not.
+        if let Request::Push(push) = &request
+            && crate::sexpr::to_vec(push).map_or(0, |body| body.len()) > SERVER_MAX_BODY
+        {
+            self.stats.too_large_pushes += 1;
+            let answer = Answer::Push(Err(Failure::Error(ErrorBody {
+                error: ErrorCode::TooLarge,
+                message: format!(
+                    "request body is larger than the limit of {SERVER_MAX_BODY} bytes"
+                ),
+            })));
+            let delay = self.delay();
+            self.schedule(
+                delay,
+                Event::Deliver {
+                    slot,
+                    id,
+                    incarnation,
+                    request,
+                    answer,
+                },
+            );
             return;
         }
         let roll = self.rng.unit();
@@ -679,6 +816,7 @@ impl<S: SimServer> Sim<S> {
                 self.log(|| format!("server: {push:?} -> {result:?}"));
                 if let Ok(response) = &result {
                     self.account_push(slot, push, response);
+                    self.record_acks(push, response);
                 }
                 Answer::Push(result.map_err(server_failure))
             }
@@ -686,6 +824,32 @@ impl<S: SimServer> Sim<S> {
                 let result = self.server.pull(pull);
                 self.log(|| format!("server: {pull:?} -> {result:?}"));
                 Answer::Pull(result.map_err(server_failure))
+            }
+        }
+    }
+
+    /// Records what the server acknowledged, when it answers (whether or not
+    /// the answer arrives): it must survive unless a restore loses it.
+    fn record_acks(&mut self, push: &PushRequest, response: &PushResponse) {
+        for result in &response.results {
+            let ChangeResult::Accepted {
+                mutation,
+                key,
+                version,
+            } = result
+            else {
+                continue;
+            };
+            let value = push
+                .changes
+                .iter()
+                .find(|c| c.mutation == *mutation)
+                .map(|c| c.value.clone());
+            if let Some(value) = value {
+                self.acks
+                    .entry((push.group.clone(), key.clone()))
+                    .or_default()
+                    .insert(*version, value);
             }
         }
     }
@@ -755,37 +919,25 @@ impl<S: SimServer> Sim<S> {
         let now = self.now;
         let effects = match (request, answer) {
             (Request::Push(request), Answer::Push(Ok(response))) => {
-                let group = self.slots[slot].group.clone();
-                for result in &response.results {
-                    if let ChangeResult::Accepted {
-                        mutation,
-                        key,
-                        version,
-                    } = result
-                    {
-                        self.stats.accepted += 1;
-                        let value = request
-                            .changes
-                            .iter()
-                            .find(|c| c.mutation == *mutation)
-                            .map(|c| c.value.clone());
-                        if let Some(value) = value {
-                            self.acks
-                                .entry((group.clone(), key.clone()))
-                                .or_default()
-                                .insert(*version, value);
-                        }
-                    }
-                }
+                self.stats.accepted += response
+                    .results
+                    .iter()
+                    .filter(|r| matches!(r, ChangeResult::Accepted { .. }))
+                    .count() as u64;
                 let effects = self.slots[slot]
                     .engine
                     .on_push_response(&request, response.clone());
                 self.account_delivered(slot, &response);
                 effects
             }
-            (Request::Push(request), Answer::Push(Err(failure))) => self.slots[slot]
-                .engine
-                .on_push_error(&request, &failure, now, jitter),
+            (Request::Push(request), Answer::Push(Err(failure))) => {
+                if failure.kind() == FailureKind::MutationReused {
+                    self.stats.mutation_reuses += 1;
+                }
+                self.slots[slot]
+                    .engine
+                    .on_push_error(&request, &failure, now, jitter)
+            }
             (Request::Pull(request), Answer::Pull(Ok(response))) => {
                 let effects = self.slots[slot].engine.on_pull_response(&request, response);
                 self.apply(slot, effects)?;
@@ -811,6 +963,11 @@ impl<S: SimServer> Sim<S> {
             .apply(&effects.batch)
             .map_err(|e| format!("slot {slot}: storage refused a batch: {e}"))?;
         let own = format!("\"c{}v", slot_ref.client);
+        self.stats.reset_reports += effects
+            .conflicts
+            .iter()
+            .filter(|c| c.cause == ConflictCause::Reset)
+            .count() as u64;
         for conflict in &effects.conflicts {
             if conflict.local == conflict.server {
                 return Err(format!(
@@ -819,10 +976,13 @@ impl<S: SimServer> Sim<S> {
             }
             // A change is based on the engine's own latest write: it can
             // only collide with somebody else's.
-            if conflict
-                .server
-                .as_ref()
-                .is_some_and(|v| v.as_str().starts_with(&own))
+            if conflict.cause == ConflictCause::TooLarge {
+                self.stats.too_large_reports += 1;
+            } else if !self.history_lost
+                && conflict
+                    .server
+                    .as_ref()
+                    .is_some_and(|v| v.as_str().starts_with(&own))
             {
                 return Err(format!(
                     "slot {slot}: conflict with its own write: {conflict:?}"
@@ -871,6 +1031,85 @@ impl<S: SimServer> Sim<S> {
             slot.engine = engine.with_options(slot.options.clone());
         }
         self.log(|| format!("client {client} restarts"));
+    }
+
+    fn checkpoint_server(&mut self) {
+        self.stats.checkpoints += 1;
+        self.server.checkpoint();
+        self.checkpoint = Some((self.step_no, self.acks.clone(), self.purged.clone()));
+        self.log(|| "server database copied aside".to_owned());
+    }
+
+    /// Puts the server back to its last checkpoint: a copy taken a few steps
+    /// ago stands for the loss of the last commits, an older one for a
+    /// restored backup. What was acknowledged after it is lost for good.
+    fn restore_server(&mut self) {
+        let Some((at, acks, purged)) = self.checkpoint.clone() else {
+            return;
+        };
+        if self.step_no - at <= 10 {
+            self.stats.lost_last_commits += 1;
+        } else {
+            self.stats.restored_backups += 1;
+        }
+        self.acks = acks;
+        self.purged = purged;
+        self.history_lost = true;
+        self.server_life += 1;
+        self.server.restore_checkpoint();
+        let age = self.step_no - at;
+        self.log(|| format!("server put back to its copy of {age} steps ago"));
+    }
+
+    fn purge_server(&mut self) {
+        let mut tombstones = Vec::new();
+        for group in self.groups() {
+            if let Ok((_, docs)) = self.server_documents(&group, None) {
+                for doc in docs.into_iter().filter(|d| d.value.is_none()) {
+                    tombstones.push(((group.clone(), doc.key), doc.version));
+                }
+            }
+        }
+        if tombstones.is_empty() {
+            return;
+        }
+        self.stats.purges += 1;
+        // A client that missed a purged deletion and then resets to another
+        // epoch cannot tell it from a lost document: it may write it again.
+        self.history_lost = true;
+        for (key, version) in tombstones {
+            let known = self.purged.entry(key).or_default();
+            *known = (*known).max(version);
+        }
+        self.server.purge_tombstones();
+        self.log(|| "server purges its tombstones".to_owned());
+    }
+
+    fn groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = self.slots.iter().map(|s| s.group.clone()).collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
+    /// A client loses its storage (a wiped device, a cleared browser
+    /// profile) and starts again with the same client ids: its numbers
+    /// start again at 1. The writes it had not synced are lost with it,
+    /// which is the user's loss, not the engine's.
+    fn lose_storage(&mut self, client: usize) {
+        self.stats.storage_losses += 1;
+        self.history_lost = true;
+        self.incarnations[client] += 1;
+        for slot in self.slots.iter_mut().filter(|s| s.client == client) {
+            slot.push = None;
+            slot.pull = None;
+            slot.storage = MemoryStorage::default();
+            slot.unaccounted.clear();
+            slot.engine = Engine::new(slot.group.clone(), format!("c{client}-{}", slot.group))
+                .expect("valid names")
+                .with_options(slot.options.clone());
+        }
+        self.log(|| format!("client {client} loses its storage"));
     }
 
     fn restart_server(&mut self) {
@@ -1027,8 +1266,18 @@ impl<S: SimServer> Sim<S> {
                     engine.pending().collect::<Vec<_>>()
                 ));
             }
+            // An engine may keep a tombstone the server purged since.
+            let purged = |key: &str, version: u64| {
+                self.purged
+                    .get(&(group.clone(), key.to_owned()))
+                    .is_some_and(|&at| version <= at)
+            };
             let mine: Vec<(String, Option<Raw>, u64, bool)> = engine
                 .confirmed_documents()
+                .filter(|(k, d)| {
+                    let server_lacks = !docs.iter().any(|s| s.key == *k);
+                    !(d.value.is_none() && server_lacks && purged(k, d.version))
+                })
                 .map(|(k, d)| (k.to_owned(), d.value.clone(), d.version, d.is_stale()))
                 .collect();
             let theirs: Vec<(String, Option<Raw>, u64, bool)> = docs
@@ -1069,10 +1318,15 @@ impl<S: SimServer> Sim<S> {
             let current = server_docs
                 .get(group)
                 .and_then(|docs| docs.iter().find(|d| d.key == *key));
+            let purged_at = self.purged.get(&(group.clone(), key.clone())).copied();
             for (version, value) in versions {
-                let kept = current.is_some_and(|doc| {
-                    doc.version > *version || (doc.version == *version && doc.value == *value)
-                });
+                let kept = match current {
+                    Some(doc) => {
+                        doc.version > *version || (doc.version == *version && doc.value == *value)
+                    }
+                    // Deleted later (or by this write), and the tombstone purged.
+                    None => purged_at.is_some_and(|at| at >= *version),
+                };
                 if !kept {
                     return Err(format!(
                         "acknowledged write {group}/{key} v{version} = {value:?} lost; the server has {current:?}"
