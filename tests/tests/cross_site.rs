@@ -61,6 +61,7 @@ fn push_request() -> PushRequest {
                 .unwrap(),
             ),
         }],
+        low_water: None,
     }
 }
 
