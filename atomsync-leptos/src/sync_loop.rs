@@ -64,7 +64,8 @@ pub(crate) async fn load(app: &str, shared: &Rc<Shared>) {
 /// after failures.
 pub(crate) async fn run(shared: Weak<Shared>, mut wakes: UnboundedReceiver<()>) {
     // Dropped (and closed) when the loop ends.
-    let _events = shared.upgrade().and_then(|shared| Events::open(&shared));
+    let mut events = shared.upgrade().and_then(|shared| Events::open(&shared));
+    let mut events_opened = now_ms();
     loop {
         let wait = {
             let Some(shared) = shared.upgrade() else {
@@ -75,6 +76,16 @@ pub(crate) async fn run(shared: Weak<Shared>, mut wakes: UnboundedReceiver<()>) 
             }
             step(&shared).await;
             let now = now_ms();
+            // `EventSource` reconnects by itself after a network error, but
+            // gives up for good on an HTTP error: a 503 beyond the server's
+            // cap on event streams, a 5xx while it restarts. Open it again
+            // (at most every EVENTS_RETRY_MS); polling went on meanwhile.
+            if events.as_ref().is_some_and(Events::closed)
+                && now.saturating_sub(events_opened) >= EVENTS_RETRY_MS
+            {
+                events = Events::open(&shared);
+                events_opened = now;
+            }
             let poll = u64::from(shared.options.poll_interval_ms);
             // Back off after failures; otherwise poll.
             let ready_at = shared.engine.borrow().as_ref().and_then(Engine::ready_at);
@@ -163,8 +174,13 @@ async fn settle(shared: &Shared, what: &str, round: &mut SyncRound, answer: Answ
     shared.handle(effects).await;
 }
 
+/// How long after opening the event stream a closed one is opened again (the
+/// server's default `Retry-After` for a full list of streams).
+const EVENTS_RETRY_MS: u64 = 5_000;
+
 /// The server's event stream: every announced change wakes the loop, which
-/// then pulls. `EventSource` reconnects by itself; polling goes on meanwhile.
+/// then pulls. `EventSource` reconnects by itself after network errors, and
+/// the loop opens it again after HTTP errors; polling goes on meanwhile.
 struct Events {
     source: web_sys::EventSource,
     _on_cursor: wasm_bindgen::closure::Closure<dyn FnMut(web_sys::MessageEvent)>,
@@ -198,6 +214,13 @@ impl Events {
             source,
             _on_cursor: on_cursor,
         })
+    }
+}
+
+impl Events {
+    /// Whether the browser gave the stream up (`readyState` `CLOSED`).
+    fn closed(&self) -> bool {
+        self.source.ready_state() == web_sys::EventSource::CLOSED
     }
 }
 

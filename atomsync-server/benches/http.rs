@@ -11,7 +11,9 @@
 //! kept) that share the measurement time. Measured: a pull with an
 //! up-to-date cursor (an empty page: a poll when nothing changed), a pull of
 //! 10 documents (through the store thread and SQLite), and `GET /` answered
-//! by `|| async {}`.
+//! by `|| async {}`. The up-to-date pull is also served by
+//! `atomsync_server::serve` (the binary's loop, with its timeouts and
+//! connection cap) instead of `axum::serve`, to show what the limits cost.
 #![allow(missing_docs)]
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use atomsync_core::protocol::{Change, PushRequest};
 use atomsync_core::sexpr::Raw;
-use atomsync_server::{Credentials, Store, SyncService, router};
+use atomsync_server::{Credentials, ServeOptions, Store, SyncService, router};
 use axum::Router;
 use axum::routing::get;
 
@@ -107,7 +109,18 @@ fn main() {
         service.push(&Credentials::none(), request).await.unwrap();
         let cursor = service.cursor();
 
-        let sync = serve(router(service)).await;
+        let sync = serve(router(service.clone())).await;
+        let limited = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let app = router(service);
+            tokio::spawn(async move {
+                atomsync_server::serve(listener, app, ServeOptions::default())
+                    .await
+                    .unwrap();
+            });
+            format!("http://{address}")
+        };
         let empty = serve(Router::new().route("/", get(|| async {}))).await;
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -122,6 +135,10 @@ fn main() {
             ),
             ("pull_10_documents", format!("{sync}/sync?group=todo")),
             ("empty_handler", format!("{empty}/")),
+            (
+                "pull_empty_page_with_limits",
+                format!("{limited}/sync?group=todo&since={cursor}"),
+            ),
         ];
         // Interleaved rounds, best of each: another process loading the
         // machine for a while then hurts every case alike.
@@ -154,6 +171,10 @@ fn main() {
         println!(
             "ratio pull_10_documents / empty_handler: {:.2}",
             best[1] / baseline
+        );
+        println!(
+            "ratio pull_empty_page with atomsync_server::serve / with axum::serve: {:.2}",
+            best[3] / best[0]
         );
     });
 }

@@ -39,8 +39,9 @@ pub enum Error {
     /// [`OriginPolicy`](crate::OriginPolicy) does not accept (403).
     #[error("cross-site request refused: {0}")]
     CrossOrigin(String),
-    /// The request body did not arrive within the configured time (408; the
-    /// connection is closed).
+    /// The request body did not arrive within the configured time (408 with
+    /// the code `unavailable`, so that clients retry; the connection is
+    /// closed).
     #[error("the request body did not arrive within {seconds} s")]
     BodyTimeout {
         /// The time allowed, in seconds (rounded up).
@@ -110,7 +111,10 @@ impl Error {
             Error::MutationReused(m) => (ErrorCode::MutationReused, m.clone()),
             Error::Unauthorized => (ErrorCode::Unauthorized, self.to_string()),
             Error::Forbidden(_) | Error::CrossOrigin(_) => (ErrorCode::Forbidden, self.to_string()),
-            Error::BodyTimeout { .. } => (ErrorCode::BadRequest, self.to_string()),
+            // Not the client's mistake (a slow or broken link): `unavailable`
+            // tells clients to retry, where `bad-request` would make them
+            // give the change up.
+            Error::BodyTimeout { .. } => (ErrorCode::Unavailable, self.to_string()),
             Error::Busy { .. } => (ErrorCode::Unavailable, self.to_string()),
             Error::PayloadTooLarge { .. } => (ErrorCode::TooLarge, self.to_string()),
             Error::UnsupportedMediaType => (ErrorCode::BadRequest, self.to_string()),

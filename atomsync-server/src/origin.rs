@@ -25,16 +25,20 @@ const SEC_FETCH_SITE: &str = "sec-fetch-site";
 ///
 /// 1. If `Origin` is one of the allowed origins ([`OriginPolicy::allow`]),
 ///    the request is accepted.
-/// 2. Else if `Sec-Fetch-Site` is present (every current browser sends it),
+/// 2. Else if `Sec-Fetch-Site` is present (current browsers send it to
+///    `https` origins and to `localhost`/`127.0.0.1`; Chromium does not send
+///    it to other plain-`http` hosts),
 ///    `same-origin` and `none` (the user typed the address) are accepted and
 ///    `cross-site` and `same-site` are refused. `same-site` means another
 ///    origin of the same registrable domain (`blog.example.com` calling
 ///    `app.example.com`): cookies marked `SameSite` are sent along, so a
 ///    sibling subdomain is no more trusted than any other site; list it with
 ///    [`OriginPolicy::allow`] if it should be.
-/// 3. Else if `Origin` is present (older browsers), it must name the request's
-///    own host (its `Host` header), or the request is refused; `Origin: null`
-///    (sandboxed frames, `file:` pages) is refused.
+/// 3. Else if `Origin` is present (plain-`http` hosts, older browsers), it
+///    must name the request's own host (its `Host` header), or the request
+///    is refused; `Origin: null` (sandboxed frames, `file:` pages) is
+///    refused. (An HTTP/2 request has no `Host` header, only an authority;
+///    browsers speak HTTP/2 over `https` only, where step 2 decides.)
 /// 4. Else (no `Origin`, no `Sec-Fetch-Site`) the request does not come from a
 ///    browser's cross-origin request (browsers send `Origin` with every
 ///    cross-origin request and every `POST`), and is accepted: command-line

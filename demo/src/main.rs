@@ -19,12 +19,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let leptos_options = conf.leptos_options;
     let db = std::env::var("ATOMSYNC_DB").unwrap_or_else(|_| "atomsync-demo.db".to_owned());
     let service = SyncService::new(Store::open(&db, StoreOptions::default())?);
+    // The routes' limits, shared with the server functions. The browser
+    // tests set a small cap on event streams through the environment.
+    let mut options = atomsync_server::RouterOptions::default();
+    if let Some(max) = std::env::var("ATOMSYNC_MAX_SUBSCRIBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options = options.max_subscribers(max);
+    }
 
     let signal_service = service.clone();
     let routes = generate_route_list(App);
     let context = {
-        let service = service.clone();
-        move || atomsync_leptos::provide_sync_service(service.clone())
+        let (service, options) = (service.clone(), options.clone());
+        move || atomsync_leptos::provide_sync_service_with_options(service.clone(), options.clone())
     };
     let app = Router::new()
         .leptos_routes_with_context(&leptos_options, routes, context, {
@@ -32,7 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             move || shell(options.clone())
         })
         // The plain HTTP protocol too, for clients that are not this app.
-        .nest("/atomsync", atomsync_server::router(service.clone()))
+        .nest(
+            "/atomsync",
+            atomsync_server::router_with_options(service.clone(), options),
+        )
         // Diagnostics: changes the server has received (the browser tests
         // check that N tabs do not push a change N times).
         .route(

@@ -53,18 +53,29 @@ pub struct Demo {
     /// The server's port.
     pub port: u16,
     db: PathBuf,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
 impl Demo {
     /// Starts the demo on an ephemeral port with a fresh database.
     pub async fn start() -> Demo {
+        Demo::start_with_env(&[]).await
+    }
+
+    /// [`Demo::start`] with extra environment variables for the server (like
+    /// `ATOMSYNC_MAX_SUBSCRIBERS`).
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Demo {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("demo.db");
         let mut demo = Demo {
             child: None,
             port: 0,
             db,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             _dir: dir,
         };
         demo.launch(0).await;
@@ -81,6 +92,7 @@ impl Demo {
             .env("LEPTOS_ENV", "DEV")
             .env("ATOMSYNC_DB", &self.db)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -172,6 +184,13 @@ fn free_port() -> u16 {
 impl Browser {
     /// Starts a fresh browser profile.
     pub async fn start() -> Browser {
+        Browser::start_with_args(&[]).await
+    }
+
+    /// Starts a fresh browser profile with extra Chromium arguments (like
+    /// `--host-resolver-rules=MAP app.test 127.0.0.1`, to give a second
+    /// origin to a server on 127.0.0.1).
+    pub async fn start_with_args(extra: &[&str]) -> Browser {
         let port = free_port();
         let driver = Command::new(
             std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".to_owned()),
@@ -184,21 +203,26 @@ impl Browser {
         .spawn()
         .expect("start chromedriver (apt-get install chromium-driver)");
         let profile = tempfile::tempdir().expect("profile dir");
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let caps = serde_json::json!({
             "goog:loggingPrefs": { "browser": "ALL" },
             "goog:chromeOptions": {
                 "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()),
-                "args": [
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ]
+                "args": args,
             }
         });
         let caps = caps.as_object().expect("object").clone();
