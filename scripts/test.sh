@@ -8,7 +8,7 @@ ATOMSYNC_NEED_BROWSER=1 source scripts/setup.sh
 
 echo "== fmt"; cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy -p atomsync-leptos --features hydrate --target wasm32-unknown-unknown --all-targets -- -D warnings
+cargo clippy -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --all-targets -- -D warnings
 cargo clippy -p atomsync-leptos --features ssr --all-targets -- -D warnings
 echo "== demo build (cargo leptos build: server + wasm)"; cargo leptos build
 echo "== tests (unit, property, simulation, end-to-end, browser)"
@@ -20,7 +20,7 @@ echo "== IndexedDB adapter in headless Chromium (wasm-bindgen-test)"
 (cd atomsync-leptos &&
   CHROMEDRIVER="$(command -v chromedriver)" \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  cargo test -p atomsync-leptos --features hydrate --target wasm32-unknown-unknown --test idb_wasm --test no_idb_wasm)
+  cargo test -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --test idb_wasm --test no_idb_wasm)
 echo "== wasm32 build of atomsync-core"
 cargo build -p atomsync-core --target wasm32-unknown-unknown
 echo "== fuzz target builds"

@@ -210,14 +210,24 @@ impl LocalDb {
             let _ = tx.abort();
             return Err(e);
         }
+        #[cfg(feature = "fault-injection")]
+        if crate::testing::take_commit_failure() {
+            let _ = tx.abort();
+            return Ok(futures::future::Either::Left(async {
+                Err("the transaction was aborted (injected)".to_owned())
+            }));
+        }
         let done = tx.commit().map_err(describe)?;
-        Ok(async move {
+        let done = async move {
             match done.await {
                 Ok(r) if r.is_committed() => Ok(()),
                 Ok(_) => Err("the IndexedDB transaction was aborted".to_owned()),
                 Err(e) => Err(describe(e)),
             }
-        })
+        };
+        #[cfg(feature = "fault-injection")]
+        let done = futures::future::Either::Right(done);
+        Ok(done)
     }
 }
 

@@ -48,11 +48,15 @@ mod guard;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
 pub mod idb_store;
 mod options;
+#[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+mod persist;
 pub mod server_fns;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
 mod sync_loop;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
 mod tabs;
+#[cfg(all(target_arch = "wasm32", feature = "fault-injection"))]
+pub mod testing;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
 mod transport;
 mod use_synced_atom;

@@ -112,7 +112,14 @@ async fn step(shared: &Rc<Shared>) {
     let token = shared.options.token.get_untracked();
     shared.set_syncing(true);
     let mut round = SyncRound::new();
+    let failures = shared.writer.failures();
     loop {
+        // Nothing is sent before every batch so far is in IndexedDB; a
+        // failed one put the engine back, and the round is over.
+        shared.writer.idle().await;
+        if shared.writer.failures() != failures {
+            break;
+        }
         let step = {
             let mut engine = shared.engine.borrow_mut();
             let Some(engine) = engine.as_mut() else { break };

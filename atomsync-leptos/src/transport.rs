@@ -41,6 +41,8 @@ pub async fn push(
     token: Option<String>,
     request: PushRequest,
 ) -> Result<PushResponse, Failure> {
+    #[cfg(feature = "fault-injection")]
+    crate::testing::record_push(&request);
     match endpoint {
         Endpoint::ServerFunctions => from_server_fn(crate::server_fns::push(token, request).await),
         Endpoint::Url(url) => {

@@ -178,6 +178,12 @@ pub(crate) struct Shared {
     pub(crate) endpoint: Endpoint,
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
     pub(crate) db: RefCell<Option<Rc<crate::idb_store::LocalDb>>>,
+    /// Writes the engine's batches to IndexedDB, in order, one at a time.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) writer: crate::persist::Writer,
+    /// This state itself, for the tasks it starts.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    me: RefCell<std::rc::Weak<Shared>>,
     pub(crate) wake: RefCell<Option<futures::channel::mpsc::UnboundedSender<()>>>,
     /// Decodes the given keys from the engine into the signal.
     publish: RefCell<Option<Publish>>,
@@ -260,7 +266,8 @@ impl Shared {
             changed,
             conflicts,
         } = effects;
-        let persisted = self.persist(&batch);
+        let queued = !batch.pending.is_empty();
+        let persisted = self.persist(batch);
         if publish_locally
             && !changed.is_empty()
             && let (Some(engine), Some(publish)) = (&*self.engine.borrow(), &*self.publish.borrow())
@@ -269,7 +276,7 @@ impl Shared {
         }
         // Other tabs mirror the leader's documents and its queue length.
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-        if !changed.is_empty() || !batch.pending.is_empty() {
+        if !changed.is_empty() || queued {
             self.announce(&changed);
         }
         for conflict in &conflicts {
@@ -288,47 +295,48 @@ impl Shared {
         persisted
     }
 
+    /// Hands `batch` to the writer (see [`crate::persist`]); the future
+    /// resolves once every batch handed over so far is committed.
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-    fn persist(&self, batch: &atomsync_core::engine::Batch) -> impl Future<Output = ()> + use<> {
+    fn persist(&self, batch: atomsync_core::engine::Batch) -> impl Future<Output = ()> + use<> {
         // A follower tab never writes IndexedDB: the leader does.
-        let db = if self.follower.get() {
-            None
-        } else {
-            self.db.borrow().clone()
-        };
-        let pending = match (&db, batch.is_empty()) {
-            (Some(db), false) => Some(db.apply(&self.group, batch)),
-            _ => None,
-        };
-        let status = self.status;
-        let on_error = self.options.on_error.clone();
-        let fail = move |message: String| {
-            let message =
-                format!("IndexedDB write failed ({message}); changes are kept in memory only");
-            if let Some(on_error) = &on_error {
-                on_error(&message);
-            }
-            status.persistent.set(false);
-            status.last_error.set(Some(message));
-        };
-        let immediate = match &pending {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
-        };
-        if let Some(e) = immediate {
-            fail(e);
+        // In memory only (no IndexedDB): nothing to write.
+        if !self.follower.get()
+            && let Some(me) = self.me.borrow().upgrade()
+            && let Some(db) = self.db.borrow().clone()
+        {
+            self.writer.queue(&me, db, batch);
         }
-        async move {
-            if let Some(Ok(done)) = pending
-                && let Err(e) = done.await
-            {
-                fail(e);
-            }
+        self.writer.idle()
+    }
+
+    /// Puts back an engine loaded again after a failed IndexedDB write:
+    /// every key the signal shows is decoded again from it (a key only a
+    /// lost write had is removed), and writes made meanwhile are replayed.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) fn reinstall(&self, engine: Engine) {
+        let mut keys: Vec<String> = engine.documents().map(|(k, _)| k.to_owned()).collect();
+        if let Some(shown) = &*self.rendered_keys.borrow() {
+            keys.extend(shown());
+        }
+        keys.sort();
+        keys.dedup();
+        *self.engine.borrow_mut() = Some(engine);
+        if let (Some(engine), Some(publish)) = (&*self.engine.borrow(), &*self.publish.borrow()) {
+            publish(engine, &keys);
+        }
+        let early = std::mem::take(&mut *self.preload.borrow_mut());
+        self.write_raw(early, true);
+        if let Some(engine) = &*self.engine.borrow() {
+            self.status.pending.set(engine.pending_len());
+            self.status
+                .conflicts
+                .set(engine.conflicts().cloned().collect());
         }
     }
 
     #[cfg(not(all(target_arch = "wasm32", not(feature = "ssr"))))]
-    fn persist(&self, _batch: &atomsync_core::engine::Batch) -> impl Future<Output = ()> + use<> {
+    fn persist(&self, _batch: atomsync_core::engine::Batch) -> impl Future<Output = ()> + use<> {
         async {}
     }
 
@@ -488,11 +496,10 @@ impl Shared {
             self.report_error(message);
         }
         let Some(effects) = effects else { return };
-        // The writes and their queue entries go to IndexedDB in one
-        // transaction, created now; its completion is awaited in the
-        // background.
-        let done = self.handle_with(effects, republish);
-        spawn_detached(done);
+        // The writes and their queue entries go to the writer (one
+        // IndexedDB transaction for them all, in order); the sync loop
+        // waits for it before it sends anything.
+        let _written_later = self.handle_with(effects, republish);
         self.wake();
     }
 }
@@ -847,6 +854,10 @@ pub fn use_synced_atom_with_options<T: Document>(
         endpoint,
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
         db: RefCell::new(None),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        writer: crate::persist::Writer::default(),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        me: RefCell::new(std::rc::Weak::new()),
         wake: RefCell::new(None),
         publish: RefCell::new(None),
         rendered_keys: RefCell::new(None),
@@ -863,6 +874,10 @@ pub fn use_synced_atom_with_options<T: Document>(
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
         unacked: RefCell::new(std::collections::BTreeMap::new()),
     });
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    {
+        *shared.me.borrow_mut() = Rc::downgrade(&shared);
+    }
     let report = {
         let shared = Rc::downgrade(&shared);
         move |problems: Vec<String>| {

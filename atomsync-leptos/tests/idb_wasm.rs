@@ -191,3 +191,86 @@ async fn a_bulk_update_through_the_hook_persists_and_reloads() {
     assert_eq!(atom.status().pending.get_untracked(), 503);
     owner.cleanup();
 }
+
+/// The persistence contract (issue #9, findings 1 and 2): a write whose
+/// IndexedDB transaction aborts is never pushed; the engine goes back to
+/// what is stored, the signal shows it again, the loss is reported, and
+/// a reload finds a consistent state whose numbers go on from there.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn a_write_whose_transaction_aborts_is_never_pushed_and_is_reported() {
+    use atomsync_leptos::testing::{fail_next_commits, pushed_keys};
+    let app = format!("test-{}", random_id(6));
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let open = || async {
+        let owner = Owner::new_root(None);
+        owner.set();
+        provide_atomsync(app.clone());
+        // Syncs through the server functions of the test page's origin,
+        // which has none: every push fails, after being recorded.
+        let errors = errors.clone();
+        let atom = use_synced_atom_with_options::<String>(
+            "todo",
+            UseSyncedAtomOptions::default()
+                .poll_interval_ms(50)
+                .on_error(move |e| errors.borrow_mut().push(e.to_owned())),
+        );
+        while !(atom.status().ready.get_untracked() && atom.status().leader.get_untracked()) {
+            sleep(5).await;
+        }
+        (atom, owner)
+    };
+    let (atom, owner) = open().await;
+    // The first write's transaction aborts. The loop is woken at once and
+    // idle (no failure, no backoff yet): it must wait for the commit.
+    fail_next_commits(1);
+    atom.insert("lost", "never stored".to_owned());
+    assert_eq!(
+        atom.with_untracked(|d| d.get("lost").cloned()),
+        Some("never stored".to_owned())
+    );
+    let deadline = atomsync_leptos::browser::now_ms() + 5000;
+    while atom.with_untracked(|d| d.contains_key("lost")) {
+        assert!(atomsync_leptos::browser::now_ms() < deadline, "not undone");
+        sleep(10).await;
+    }
+    assert!(
+        errors
+            .borrow()
+            .iter()
+            .any(|e| e.contains("1 unsaved change")),
+        "{:?}",
+        errors.borrow()
+    );
+    assert_eq!(atom.status().pending.get_untracked(), 0);
+    // The next write is stored and pushed (and fails: no server).
+    atom.insert("kept", "stored".to_owned());
+    let deadline = atomsync_leptos::browser::now_ms() + 5000;
+    while !pushed_keys().contains(&"kept".to_owned()) {
+        assert!(
+            !pushed_keys().contains(&"lost".to_owned()),
+            "pushed before it was stored: {:?}",
+            pushed_keys()
+        );
+        assert!(
+            atomsync_leptos::browser::now_ms() < deadline,
+            "never pushed"
+        );
+        sleep(10).await;
+    }
+    assert!(
+        !pushed_keys().contains(&"lost".to_owned()),
+        "pushed before it was stored: {:?}",
+        pushed_keys()
+    );
+    atom.insert("after", "stored too".to_owned());
+    sleep(100).await;
+    owner.cleanup();
+
+    let (atom, owner) = open().await;
+    let keys: Vec<String> = atom.with_untracked(|d| d.keys().cloned().collect());
+    assert_eq!(keys, ["after", "kept"]);
+    assert_eq!(atom.status().pending.get_untracked(), 2);
+    owner.cleanup();
+}
