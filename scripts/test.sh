@@ -11,6 +11,9 @@ cargo fmt --manifest-path examples/starter/Cargo.toml -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p atomsync-leptos --features hydrate --target wasm32-unknown-unknown --all-targets -- -D warnings
 cargo clippy -p atomsync-leptos --features ssr --all-targets -- -D warnings
+(cd examples/starter &&
+  cargo clippy --features ssr -- -D warnings &&
+  cargo clippy --features hydrate --target wasm32-unknown-unknown -- -D warnings)
 echo "== demo build (cargo leptos build: server + wasm)"; cargo leptos build
 echo "== starter build (examples/starter, an app outside the workspace, as the README prints it)"
 (cd examples/starter && cargo leptos build)

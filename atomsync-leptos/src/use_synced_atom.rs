@@ -61,7 +61,7 @@ pub fn provide_atomsync(app: impl Into<String>) {
 }
 
 /// Like [`provide_atomsync`], with another default endpoint (e.g. a
-/// standalone server: `Endpoint::Url("http://localhost:8090/sync".into())`).
+/// standalone server at its base URL: `Endpoint::Url("http://localhost:8090".into())`).
 pub fn provide_atomsync_with_endpoint(app: impl Into<String>, endpoint: Endpoint) {
     provide_context(AtomsyncContext {
         app: app.into(),
