@@ -7,10 +7,28 @@ cd "$(dirname "$0")/.."
 ATOMSYNC_NEED_BROWSER=1 source scripts/setup.sh
 
 echo "== fmt"; cargo fmt --all -- --check
+cargo fmt --manifest-path examples/starter/Cargo.toml -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --all-targets -- -D warnings
 cargo clippy -p atomsync-leptos --features ssr --all-targets -- -D warnings
+(cd examples/starter &&
+  cargo clippy --features ssr -- -D warnings &&
+  cargo clippy --features hydrate --target wasm32-unknown-unknown -- -D warnings)
 echo "== demo build (cargo leptos build: server + wasm)"; cargo leptos build
+echo "== starter build (examples/starter, an app outside the workspace, as the README prints it)"
+(cd examples/starter && cargo leptos build)
+echo "== atomsync-server's library builds without the binary's dependencies"
+cargo build -p atomsync-server --no-default-features --lib
+if cargo tree -p atomsync-server --no-default-features --edges normal --prefix none |
+  grep -E '^(clap|tracing-subscriber|tower-http) '; then
+  echo "atomsync-server --no-default-features depends on the binary's crates (above)"; exit 1
+fi
+echo "== misconfiguration: leptos's ssr without atomsync-leptos's is a compile error naming the fix"
+if out="$(cargo check -p atomsync-leptos --features leptos/ssr 2>&1)"; then
+  echo "atomsync-leptos built with leptos/ssr alone"; exit 1
+fi
+grep -F "leptos's \`ssr\` feature is on but atomsync-leptos's is not" <<<"$out" |
+  grep -qF '"atomsync-leptos/ssr"' || { echo "$out"; exit 1; }
 echo "== tests (unit, property, simulation, end-to-end, browser)"
 cargo test --workspace --all-targets
 echo "== doc tests"; cargo test --workspace --doc
@@ -20,7 +38,12 @@ echo "== IndexedDB adapter in headless Chromium (wasm-bindgen-test)"
 (cd atomsync-leptos &&
   CHROMEDRIVER="$(command -v chromedriver)" \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  cargo test -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --test idb_wasm --test no_idb_wasm)
+  cargo test -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --test idb_wasm --test no_idb_wasm --test server_url_wasm)
+echo "== a page hydrating with atomsync-leptos/hydrate off says so (headless Chromium)"
+(cd atomsync-leptos &&
+  CHROMEDRIVER="$(command -v chromedriver)" \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p atomsync-leptos --target wasm32-unknown-unknown --test hydrate_off_wasm)
 echo "== wasm32 build of atomsync-core"
 cargo build -p atomsync-core --target wasm32-unknown-unknown
 echo "== fuzz target builds"

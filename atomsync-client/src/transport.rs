@@ -36,9 +36,13 @@ pub trait Transport: Send + Sync + 'static {
 
 /// The protocol over HTTP (`docs/protocol.md`), with reqwest.
 ///
-/// `base_url` is where the server's routes are: `http://host:8090` for a
-/// standalone server, `https://app.example.com/atomsync` for a router nested
-/// at `/atomsync`. Requests go to `{base_url}/sync`.
+/// `base_url` is where the server's routes are, the same URL every atomsync
+/// client takes (`UseSyncedAtomOptions::server` in the browser too):
+/// `http://host:8090` for a standalone server,
+/// `https://app.example.com/atomsync` for a router nested at `/atomsync`.
+/// Requests go to `{base_url}/sync`. A URL that already ends in `/sync` or
+/// `/events` is refused with an [`Error::InvalidUrl`] naming the base URL
+/// to write instead.
 ///
 /// ## Usage
 ///
@@ -110,6 +114,19 @@ impl HttpTransport {
         }
         if base.query().is_some() || base.fragment().is_some() {
             return Err(invalid("the URL must not have a query or fragment"));
+        }
+        let trimmed = base.path().trim_end_matches('/');
+        if let Some(route) = ["/sync", "/events"]
+            .into_iter()
+            .find(|route| trimmed.ends_with(route))
+        {
+            let mut fixed = base.clone();
+            fixed.set_path(&trimmed[..trimmed.len() - route.len()]);
+            let fixed = fixed.as_str().trim_end_matches('/').to_owned();
+            return Err(invalid(&format!(
+                "give the base URL the routes are under, without `{route}`: write `{fixed}` \
+                 (requests go to `{fixed}/sync` and `{fixed}/events`)"
+            )));
         }
         let path = format!("{}/sync", base.path().trim_end_matches('/'));
         let mut sync_url = base;
@@ -218,6 +235,25 @@ mod tests {
         ];
         for (base, sync) in cases {
             assert_eq!(HttpTransport::new(base).unwrap().sync_url().as_str(), sync);
+        }
+        // The URL of a route instead of the base URL: refused with what to
+        // write, the same rule as the browser hook's.
+        for (given, base) in [
+            ("http://127.0.0.1:8090/sync", "http://127.0.0.1:8090"),
+            ("http://127.0.0.1:8090/sync/", "http://127.0.0.1:8090"),
+            ("http://127.0.0.1:8090/events", "http://127.0.0.1:8090"),
+            (
+                "https://example.com/atomsync/sync",
+                "https://example.com/atomsync",
+            ),
+        ] {
+            let error = HttpTransport::new(given).unwrap_err().to_string();
+            assert!(
+                error.contains(given)
+                    && error.contains(&format!("write `{base}`"))
+                    && error.contains("without `/"),
+                "{given}: {error}"
+            );
         }
         for bad in [
             "",

@@ -27,6 +27,21 @@
 //! );
 //! ```
 //!
+//! ## Features
+//!
+//! - `ssr`: the server build. The hook reads the group's documents through
+//!   the `SyncService` in context during server rendering, and the server
+//!   functions run against it. Turn it on from the app's `ssr` feature,
+//!   with `atomsync-server` as an optional dependency of the app enabled by
+//!   the same feature.
+//! - `hydrate`: the browser build of a server-rendered app. Turn it on from
+//!   the app's `hydrate` feature.
+//!
+//! Both on in one build is a compile error, and so is leptos's `ssr` without
+//! this crate's; a page hydrating while `hydrate` is off says so in the
+//! console. The README's "Add atomsync to your Leptos app" shows the whole
+//! `Cargo.toml` (`examples/starter/`).
+//!
 //! ## Design
 //!
 //! Each atom drives one `atomsync_core::engine::Engine` (the sans-IO sync
@@ -43,6 +58,7 @@
 pub mod browser;
 pub mod codec;
 mod docs;
+mod features;
 #[cfg(feature = "ssr")]
 mod guard;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]

@@ -18,8 +18,13 @@ pub enum Endpoint {
     /// atomsync's server functions on the app's own server (the default).
     #[default]
     ServerFunctions,
-    /// A standalone `atomsync-server`, e.g. `http://localhost:8090/sync`
-    /// (another origin needs `--allow-origin` on the server).
+    /// A standalone `atomsync-server` (or a router mounted elsewhere) at its
+    /// base URL, e.g. `http://localhost:8090`: requests go to
+    /// `{base}/sync` and the event stream is `{base}/events`, as with
+    /// `atomsync_client::Client::open`. A URL ending in `/sync` or `/events`
+    /// is refused with an error in [`AtomStatus::last_error`](crate::AtomStatus::last_error)
+    /// and the console saying what to write. Another origin needs
+    /// `--allow-origin` on the server.
     Url(String),
     /// No server: local only (IndexedDB and memory).
     None,
@@ -47,8 +52,8 @@ pub struct UseSyncedAtomOptions {
     /// `<Transition/>`). Default: on.
     pub server_render: bool,
     /// Where the event stream is. Default: `/atomsync/events` for the server
-    /// functions (mount `atomsync_server::router` at `/atomsync`), and the
-    /// `/events` next to `/sync` for a standalone server URL.
+    /// functions (mount `atomsync_server::router` at `/atomsync`), and
+    /// `{base}/events` for a standalone server's base URL.
     pub events_url: Option<String>,
     /// What to do when the server refuses a stale write. Default:
     /// [`ConflictPolicy::ServerWins`] (the losing value is reported).
@@ -92,7 +97,8 @@ impl UseSyncedAtomOptions {
         self
     }
 
-    /// Syncs with a standalone server at `url` (e.g. `http://localhost:8090/sync`).
+    /// Syncs with a standalone server at its base URL (e.g.
+    /// `http://localhost:8090`, without `/sync`; see [`Endpoint::Url`]).
     pub fn server(self, url: impl Into<String>) -> Self {
         self.endpoint(Endpoint::Url(url.into()))
     }
@@ -143,5 +149,79 @@ impl UseSyncedAtomOptions {
     pub fn on_error(mut self, f: impl Fn(&str) + 'static) -> Self {
         self.on_error = Some(Rc::new(f));
         self
+    }
+}
+
+/// The routes under a standalone server's base URL: `({base}/sync,
+/// {base}/events)`. A URL that already names a route is refused with what to
+/// write instead (the rule of `atomsync_client::HttpTransport` too).
+#[cfg_attr(
+    not(all(target_arch = "wasm32", not(feature = "ssr"))),
+    allow(dead_code) // used by the browser's sync loop (and the tests)
+)]
+pub(crate) fn server_routes(base: &str) -> Result<(String, String), String> {
+    let trimmed = base.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(format!(
+            "atomsync: `.server({base:?})` is not a server URL: give the server's base URL, \
+             like `.server(\"http://localhost:8090\")`"
+        ));
+    }
+    for route in ["/sync", "/events"] {
+        if let Some(fixed) = trimmed.strip_suffix(route) {
+            return Err(format!(
+                "atomsync: `.server({base:?})` names a route, not the server: give the base URL \
+                 without `{route}`: `.server({fixed:?})` (requests go to `{fixed}/sync` and \
+                 `{fixed}/events`)"
+            ));
+        }
+    }
+    Ok((format!("{trimmed}/sync"), format!("{trimmed}/events")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_routes;
+
+    #[test]
+    fn a_server_is_given_by_its_base_url() {
+        for (base, sync, events) in [
+            (
+                "http://localhost:8090",
+                "http://localhost:8090/sync",
+                "http://localhost:8090/events",
+            ),
+            (
+                "http://localhost:8090/",
+                "http://localhost:8090/sync",
+                "http://localhost:8090/events",
+            ),
+            ("/atomsync", "/atomsync/sync", "/atomsync/events"),
+        ] {
+            assert_eq!(
+                server_routes(base),
+                Ok((sync.to_owned(), events.to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_url_is_refused_with_what_to_write() {
+        for (given, fixed) in [
+            ("http://localhost:8090/sync", "http://localhost:8090"),
+            ("http://localhost:8090/sync/", "http://localhost:8090"),
+            ("http://localhost:8090/events", "http://localhost:8090"),
+            (
+                "https://app.example.com/atomsync/sync",
+                "https://app.example.com/atomsync",
+            ),
+        ] {
+            let error = server_routes(given).unwrap_err();
+            assert!(
+                error.contains(&format!(".server({fixed:?})")) && error.contains(given),
+                "{given}: {error}"
+            );
+        }
+        assert!(server_routes("").unwrap_err().contains("base URL"));
     }
 }

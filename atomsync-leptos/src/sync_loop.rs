@@ -11,7 +11,7 @@ use leptos::prelude::*;
 
 use crate::browser::{now_ms, random, random_id, sleep};
 use crate::idb_store::LocalDb;
-use crate::options::Endpoint;
+use crate::options::{Endpoint, server_routes};
 use crate::transport;
 use crate::use_synced_atom::Shared;
 
@@ -63,6 +63,14 @@ pub(crate) async fn load(app: &str, shared: &Rc<Shared>) {
 /// right away after a write, every poll interval otherwise, backing off
 /// after failures.
 pub(crate) async fn run(shared: Weak<Shared>, mut wakes: UnboundedReceiver<()>) {
+    // A server URL that names a route: said once, and nothing is sent.
+    if let Some(shared) = shared.upgrade()
+        && let Endpoint::Url(base) = &shared.endpoint
+        && let Err(message) = server_routes(base)
+    {
+        shared.report_config_error(message);
+        return;
+    }
     // Dropped (and closed) when the loop ends.
     let mut events = shared.upgrade().and_then(|shared| Events::open(&shared));
     let mut events_opened = now_ms();
@@ -187,14 +195,17 @@ const EVENTS_RETRY_MS: u64 = 5_000;
 
 /// The server's event stream: every announced change wakes the loop, which
 /// then pulls. `EventSource` reconnects by itself after network errors, and
-/// the loop opens it again after HTTP errors; polling goes on meanwhile.
+/// the loop opens it again after HTTP errors; polling goes on meanwhile. A
+/// stream the server refuses with 404 (the routes are not mounted) is
+/// reported once.
 struct Events {
     source: web_sys::EventSource,
     _on_cursor: wasm_bindgen::closure::Closure<dyn FnMut(web_sys::MessageEvent)>,
+    _on_error: wasm_bindgen::closure::Closure<dyn FnMut(web_sys::Event)>,
 }
 
 impl Events {
-    fn open(shared: &Shared) -> Option<Events> {
+    fn open(shared: &Rc<Shared>) -> Option<Events> {
         use wasm_bindgen::JsCast;
         if !shared.options.live || shared.options.token.get_untracked().is_some() {
             return None;
@@ -202,12 +213,12 @@ impl Events {
         let base = match (&shared.options.events_url, &shared.endpoint) {
             (Some(url), _) => url.clone(),
             (None, Endpoint::ServerFunctions) => "/atomsync/events".to_owned(),
-            (None, Endpoint::Url(url)) => format!("{}/events", url.strip_suffix("/sync")?),
+            (None, Endpoint::Url(base)) => server_routes(base).ok()?.1,
             (None, Endpoint::None) => return None,
         };
         let sep = if base.contains('?') { '&' } else { '?' };
-        let source =
-            web_sys::EventSource::new(&format!("{base}{sep}group={}", shared.group)).ok()?;
+        let url = format!("{base}{sep}group={}", shared.group);
+        let source = web_sys::EventSource::new(&url).ok()?;
         let wake = shared.wake.borrow().clone()?;
         let on_cursor = wasm_bindgen::closure::Closure::<dyn FnMut(web_sys::MessageEvent)>::new(
             move |_event: web_sys::MessageEvent| {
@@ -217,9 +228,27 @@ impl Events {
         source
             .add_event_listener_with_callback("cursor", on_cursor.as_ref().unchecked_ref())
             .ok()?;
+        let on_error = {
+            let source = source.clone();
+            let poll = shared.options.poll_interval_ms;
+            let shared = Rc::downgrade(shared);
+            wasm_bindgen::closure::Closure::<dyn FnMut(web_sys::Event)>::new(
+                move |_event: web_sys::Event| {
+                    // CLOSED: the server answered, but not with a stream (a
+                    // network error leaves it CONNECTING, to retry).
+                    if source.ready_state() == web_sys::EventSource::CLOSED {
+                        leptos::task::spawn_local(refused(url.clone(), shared.clone(), poll));
+                    }
+                },
+            )
+        };
+        source
+            .add_event_listener_with_callback("error", on_error.as_ref().unchecked_ref())
+            .ok()?;
         Some(Events {
             source,
             _on_cursor: on_cursor,
+            _on_error: on_error,
         })
     }
 }
@@ -235,4 +264,47 @@ impl Drop for Events {
     fn drop(&mut self) {
         self.source.close();
     }
+}
+
+/// Reports an event stream the server refused, with its status (asked again
+/// with `fetch`, since `EventSource` does not tell it).
+async fn refused(url: String, shared: Weak<Shared>, poll_ms: u32) {
+    let status = status_of(&url).await;
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    // Without the group: the same message for every atom, logged once.
+    let url = url.split('?').next().unwrap_or_default();
+    match status {
+        Some(404) => shared.report_config_error(format!(
+            "atomsync: live updates are off: GET {url} answered 404, so atomsync's routes are \
+             not mounted there. On the server, nest them next to the Leptos routes: \
+             .nest(\"/atomsync\", atomsync_server::router(service.clone())) (or turn live \
+             updates off with .live(false)); polling every {poll_ms} ms meanwhile"
+        )),
+        Some(status) => shared.report_error(format!(
+            "live updates are off: the event stream {url} answered {status}; polling every \
+             {poll_ms} ms meanwhile"
+        )),
+        None => shared.report_error(format!(
+            "live updates are off: the event stream {url} was refused; polling every \
+             {poll_ms} ms meanwhile"
+        )),
+    }
+}
+
+/// The status of a `GET` of `url`, read from the headers (the body, a stream
+/// perhaps, is not awaited).
+async fn status_of(url: &str) -> Option<u16> {
+    use wasm_bindgen::JsCast;
+    let controller = web_sys::AbortController::new().ok()?;
+    let init = web_sys::RequestInit::new();
+    init.set_signal(Some(&controller.signal()));
+    let window = web_sys::window()?;
+    let response = wasm_bindgen_futures::JsFuture::from(window.fetch_with_str_and_init(url, &init))
+        .await
+        .ok()?;
+    let response: web_sys::Response = response.dyn_into().ok()?;
+    controller.abort();
+    Some(response.status())
 }

@@ -10,7 +10,16 @@ use serde::de::DeserializeOwned;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::options::Endpoint;
+use crate::options::{Endpoint, server_routes};
+
+/// A refused server URL, as the protocol's error (the sync loop reports it
+/// before it sends anything, so this is only a safety net).
+fn bad_url(message: String) -> Failure {
+    Failure::Error(ErrorBody {
+        error: atomsync_core::protocol::ErrorCode::BadRequest,
+        message,
+    })
+}
 
 /// Sends a pull.
 pub async fn pull(
@@ -20,7 +29,8 @@ pub async fn pull(
 ) -> Result<PullResponse, Failure> {
     match endpoint {
         Endpoint::ServerFunctions => from_server_fn(crate::server_fns::pull(token, request).await),
-        Endpoint::Url(url) => {
+        Endpoint::Url(base) => {
+            let (url, _) = server_routes(base).map_err(bad_url)?;
             let mut query = format!("group={}", request.group);
             if let Some(since) = &request.since {
                 query.push_str(&format!("&since={since}"));
@@ -45,14 +55,15 @@ pub async fn push(
     crate::testing::record_push(&request);
     match endpoint {
         Endpoint::ServerFunctions => from_server_fn(crate::server_fns::push(token, request).await),
-        Endpoint::Url(url) => {
+        Endpoint::Url(base) => {
             let body = sexpr::to_string(&request).map_err(|e| {
                 Failure::Error(ErrorBody {
                     error: atomsync_core::protocol::ErrorCode::BadRequest,
                     message: e.to_string(),
                 })
             })?;
-            fetch("POST", url, token, Some(body)).await
+            let (url, _) = server_routes(base).map_err(bad_url)?;
+            fetch("POST", &url, token, Some(body)).await
         }
         Endpoint::None => Err(Failure::Unreachable),
     }

@@ -61,7 +61,7 @@ pub fn provide_atomsync(app: impl Into<String>) {
 }
 
 /// Like [`provide_atomsync`], with another default endpoint (e.g. a
-/// standalone server: `Endpoint::Url("http://localhost:8090/sync".into())`).
+/// standalone server at its base URL: `Endpoint::Url("http://localhost:8090".into())`).
 pub fn provide_atomsync_with_endpoint(app: impl Into<String>, endpoint: Endpoint) {
     provide_context(AtomsyncContext {
         app: app.into(),
@@ -174,6 +174,9 @@ pub(crate) struct Shared {
     /// Writes made before the local data was loaded, replayed after.
     preload: RefCell<Vec<(String, Option<Raw>)>>,
     status: StatusWriters,
+    /// A configuration mistake (see [`Shared::report_config_error`]): it
+    /// stays in `last_error` after successful syncs, until a reload.
+    config_error: RefCell<Option<String>>,
     pub(crate) options: UseSyncedAtomOptions,
     pub(crate) endpoint: Endpoint,
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
@@ -219,6 +222,20 @@ impl Shared {
         self.status.last_error.set(Some(message));
     }
 
+    /// Reports a mistake in the app's setup: in the console (once per page
+    /// and message) and in `last_error`, where it stays.
+    pub(crate) fn report_config_error(&self, message: String) {
+        thread_local! {
+            static LOGGED: RefCell<std::collections::BTreeSet<String>> =
+                const { RefCell::new(std::collections::BTreeSet::new()) };
+        }
+        if LOGGED.with(|logged| logged.borrow_mut().insert(message.clone())) {
+            leptos::logging::error!("{message}");
+        }
+        *self.config_error.borrow_mut() = Some(message.clone());
+        self.report_error(message);
+    }
+
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
     pub(crate) fn set_persistent(&self, persistent: bool) {
         self.status.persistent.set(persistent);
@@ -237,7 +254,9 @@ impl Shared {
         self.online.set(true);
         self.last_synced.set(Some(now_ms as i64));
         self.status.last_synced.set(Some(now_ms as i64));
-        self.status.last_error.set(None);
+        self.status
+            .last_error
+            .set(self.config_error.borrow().clone());
         self.status.online.set(true);
     }
 
@@ -266,6 +285,7 @@ impl Shared {
             changed,
             conflicts,
         } = effects;
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
         let queued = !batch.pending.is_empty();
         let persisted = self.persist(batch);
         if publish_locally
@@ -803,9 +823,18 @@ impl<T: Document> Write for SyncedAtom<T> {
 ///
 /// ## Server-Side Rendering
 ///
-/// During SSR the hook does no IO: it renders an empty map with `ready`
-/// false, and the browser loads IndexedDB after hydration, so the page
-/// hydrates without mismatch.
+/// During SSR (feature `ssr`) the hook reads the group's current documents
+/// through the `atomsync_server::SyncService` the app provided with
+/// `provide_sync_service` (feature `ssr`), with the request's
+/// credentials (the same authorization as the server functions), once per
+/// render. Readers inside a `<Suspense/>` (or `<Transition/>`) wait for
+/// them, so the served HTML already lists the documents, and the browser
+/// (feature `hydrate`) hydrates from the same data, serialized into the page,
+/// without asking again; then it loads IndexedDB and merges pending local
+/// writes in. Outside a `<Suspense/>` the server renders an empty map.
+/// `ready` is false during SSR. Turn the read off with
+/// [`UseSyncedAtomOptions::server_render`]. Without a `SyncService` in
+/// context the server log and the browser's `status().last_error` say so.
 pub fn use_synced_atom<T: Document>(group: &str) -> SyncedAtom<T> {
     use_synced_atom_with_options(group, UseSyncedAtomOptions::default())
 }
@@ -850,6 +879,7 @@ pub fn use_synced_atom_with_options<T: Document>(
         engine: RefCell::new(None),
         preload: RefCell::new(Vec::new()),
         status: writers,
+        config_error: RefCell::new(None),
         options,
         endpoint,
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
@@ -910,6 +940,10 @@ pub fn use_synced_atom_with_options<T: Document>(
     *shared.rendered_keys.borrow_mut() = Some(Box::new(move || {
         docs.with_untracked(|docs| docs.keys().cloned().collect())
     }));
+    #[cfg(all(target_arch = "wasm32", not(feature = "hydrate"), not(feature = "ssr")))]
+    if hydrating() {
+        shared.report_config_error(HYDRATE_OFF.to_owned());
+    }
     let initial = shared
         .options
         .server_render
@@ -925,6 +959,22 @@ pub fn use_synced_atom_with_options<T: Document>(
     };
     start(&app, shared);
     atom
+}
+
+/// What the console and `last_error` say when a page hydrates with this
+/// crate built without `hydrate`: the server rendered the group's documents,
+/// which this build cannot read back, so hydration is about to fail.
+#[cfg(all(target_arch = "wasm32", not(feature = "hydrate"), not(feature = "ssr")))]
+const HYDRATE_OFF: &str = "atomsync-leptos: this page is hydrating, but atomsync-leptos was \
+    built without its `hydrate` feature, so it cannot read the server-rendered documents and \
+    hydration will fail. Turn it on from your app's `hydrate` feature: hydrate = \
+    [\"leptos/hydrate\", \"atomsync-leptos/hydrate\", ...] (see the README, \"Add atomsync to \
+    your Leptos app\")";
+
+/// Whether the page is being hydrated (leptos's `hydrate` is on in the app).
+#[cfg(all(target_arch = "wasm32", not(feature = "hydrate"), not(feature = "ssr")))]
+fn hydrating() -> bool {
+    Owner::current_shared_context().is_some_and(|context| context.during_hydration())
 }
 
 /// The group's documents, `(key, S-expression text)`, as the server had them
@@ -948,7 +998,11 @@ fn initial_docs(group: &str) -> Option<Resource<InitialDocs>> {
             let (service, parts, group) = (service.clone(), parts.clone(), group.clone());
             async move {
                 let Some(service) = service else {
-                    return Ok(Vec::new());
+                    // Shown in the browser's `status().last_error` after
+                    // hydration. Not logged: a fallback page (404) rendered
+                    // without the context would log it wrongly; the server
+                    // functions log it once, at the browser's first sync.
+                    return Err(crate::server_fns::server::NO_SERVICE.to_owned());
                 };
                 let credentials =
                     parts.map_or_else(Credentials::none, |p| Credentials::from_parts(&p));

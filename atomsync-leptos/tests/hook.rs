@@ -109,3 +109,29 @@ fn any_serde_type_works() {
         );
     });
 }
+
+/// The README's standalone-server snippet, compiled here (the README check
+/// in tests/tests/readme.rs compares the two).
+#[test]
+fn options_for_a_standalone_server_take_its_base_url() {
+    use atomsync_leptos::{Endpoint, UseSyncedAtomOptions, use_synced_atom_with_options};
+    in_owner(|| {
+        provide_atomsync("test-app");
+        // ANCHOR: server
+        let todos = use_synced_atom_with_options::<Todo>(
+            "todo",
+            UseSyncedAtomOptions::default()
+                .server("http://localhost:8090") // the base URL: /sync and /events are under it
+                .token(Some("abc123".to_owned())) // or a Signal<Option<String>>
+                .on_conflict(|c| leptos::logging::warn!("lost {:?}", c.local)),
+        );
+        // ANCHOR_END: server
+        assert!(todos.get_untracked().is_empty());
+        assert_eq!(
+            UseSyncedAtomOptions::default()
+                .server("http://localhost:8090")
+                .endpoint,
+            Some(Endpoint::Url("http://localhost:8090".to_owned()))
+        );
+    });
+}

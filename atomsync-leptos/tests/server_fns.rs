@@ -245,3 +245,29 @@ async fn the_services_origin_policy_and_the_router_options_apply() {
 fn app_with_default_limits(service: &SyncService) -> Router {
     app(service, None)
 }
+
+#[tokio::test]
+async fn without_a_sync_service_the_answer_says_to_provide_one() {
+    leptos::server_fn::axum::register_explicit::<Push>();
+    // The app forgot `provide_sync_service` in its context closure.
+    let app = Router::new().route(
+        "/atomsync/{*name}",
+        post(|request: Request<Body>| leptos_axum::handle_server_fns_with_context(|| {}, request)),
+    );
+    let reply = send(&app, request(Some(CONTENT_TYPE), &[])).await;
+    // Not a bare 500: the protocol's error, in band, which the browser shows
+    // in `status().last_error` (and retries, as the fix needs a restart).
+    assert_eq!(reply.status, StatusCode::OK);
+    let answer: Result<PushResponse, ErrorBody> = sexpr::from_slice(&reply.body).unwrap();
+    let error = answer.unwrap_err();
+    assert_eq!(error.error, ErrorCode::Internal);
+    assert!(
+        error.message.contains("no SyncService in context")
+            && error
+                .message
+                .contains("atomsync_leptos::provide_sync_service(service.clone())")
+            && error.message.contains("leptos_routes_with_context"),
+        "{}",
+        error.message
+    );
+}

@@ -83,20 +83,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // authorizer sees them (docs/security.md).
     let service = SyncService::with_authorizer(store, authorizer);
 
+    // ANCHOR: mount
     let app = Router::new()
         .route("/", get(|| async { "the host application\n" }))
         .route("/login", get(login))
         // The sync protocol at /atomsync/sync and /atomsync/events.
         .nest("/atomsync", atomsync_server::router(service.clone()))
         .with_state(sessions);
+    // ANCHOR_END: mount
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    // Like axum::serve, with timeouts and a cap on connections.
+    // Like axum::serve, with timeouts and a cap on connections; on Ctrl-C the
+    // event streams end too, so the server stops at once.
     atomsync_server::serve(listener, app, atomsync_server::ServeOptions::default())
-        .with_graceful_shutdown(async move {
+        .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
-            service.shutdown();
         })
         .await?;
     Ok(())

@@ -64,6 +64,15 @@
 //! # }
 //! ```
 //!
+//! ## Features
+//!
+//! - `cli` (default): what only the `atomsync-server` binary needs (clap,
+//!   tracing-subscriber, tower-http's CORS). A host app that mounts the
+//!   router turns it off: `atomsync-server = { version = "0.1",
+//!   default-features = false }` is the library alone. `toml` stays in the
+//!   library: [`TokenFile`] (the users file) is library API, and host apps
+//!   load it too.
+//!
 //! ## Design
 //!
 //! - [`Store`] is a plain, blocking SQLite store: one connection, one

@@ -282,18 +282,15 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     tracing::info!(%address, "listening");
 
-    let signal_service = service.clone();
     let limits = ServeOptions::default()
         .header_timeout(args.header_timeout.0)
         .idle_timeout(args.idle_timeout.0)
         .max_connections(args.max_connections);
     atomsync_server::serve(listener, app, limits)
-        .with_graceful_shutdown(async move {
+        // The event streams end by themselves on the shutdown signal.
+        .with_graceful_shutdown(async {
             shutdown_signal().await;
             tracing::info!("shutting down");
-            // End the event streams, or the graceful shutdown would wait for
-            // them forever.
-            signal_service.shutdown();
         })
         .await
         .map_err(|e| format!("server failed: {e}"))?;

@@ -7,7 +7,7 @@ use atomsync_core::protocol::{self, Cursor, PullRequest, PushRequest};
 use atomsync_core::sexpr;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::error::sexpr_response;
 use crate::limits::{SubscriberSlots, read_sexpr_body};
+use crate::serve::Stopping;
 use crate::{Credentials, Error, Result, SyncService};
 
 /// Settings of the HTTP routes (and, through
@@ -122,6 +123,7 @@ pub fn router_with_options<S>(service: SyncService, options: RouterOptions) -> R
 where
     S: Clone + Send + Sync + 'static,
 {
+    service.mark_router_made();
     let max_body = options.max_body;
     let subscribers = SubscriberSlots::new(options.max_subscribers, options.retry_after);
     let state = AppState {
@@ -229,6 +231,7 @@ async fn push(
 
 async fn events(
     State(state): State<AppState>,
+    stopping: Option<Extension<Stopping>>,
     credentials: Credentials,
     query: Result<Query<Params>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
@@ -242,6 +245,14 @@ async fn events(
         // ends or its client goes away.
         let _slot = &slot;
         Ok(Event::default().event("cursor").data(cursor.to_string()))
+    });
+    // Under `serve`, the stream ends with the server's graceful shutdown
+    // (else it would hold the shutdown up for as long as the browser stays).
+    let stream = stream.take_until(async move {
+        match stopping {
+            Some(Extension(stopping)) => stopping.wait().await,
+            None => std::future::pending().await,
+        }
     });
     Ok(Sse::new(stream).keep_alive(
         KeepAlive::new()

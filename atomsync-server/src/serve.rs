@@ -87,6 +87,12 @@ impl ServeOptions {
 /// signal, or for ever. Requests carry their peer's address as
 /// `ConnectInfo<SocketAddr>`.
 ///
+/// When the shutdown signal fires, the `/events` streams of every
+/// [`router`](crate::router) inside `app` end by themselves, so the server
+/// stops at once even with browsers listening: no extra call is needed.
+/// (With `axum::serve` instead, call [`SyncService::shutdown`](crate::SyncService::shutdown)
+/// in the signal.)
+///
 /// ```no_run
 /// use atomsync_server::{ServeOptions, Store, SyncService};
 ///
@@ -95,10 +101,8 @@ impl ServeOptions {
 /// let app: axum::Router = atomsync_server::router(service.clone());
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8090").await?;
 /// atomsync_server::serve(listener, app, ServeOptions::default())
-///     .with_graceful_shutdown(async move {
+///     .with_graceful_shutdown(async {
 ///         let _ = tokio::signal::ctrl_c().await;
-///         // End the event streams, or the shutdown would wait for them.
-///         service.shutdown();
 ///     })
 ///     .await?;
 /// # Ok(())
@@ -132,10 +136,9 @@ impl std::fmt::Debug for Serve {
 }
 
 impl Serve {
-    /// Stops accepting when `signal` completes, lets every connection finish
-    /// the requests it has begun (an idle connection is closed at once), and
-    /// returns when all are closed. Long responses such as event streams must
-    /// be ended by the signal itself (`SyncService::shutdown`).
+    /// Stops accepting when `signal` completes, ends the routes' `/events`
+    /// streams, lets every connection finish the requests it has begun (an
+    /// idle connection is closed at once), and returns when all are closed.
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
@@ -171,6 +174,8 @@ async fn run(serve: Serve) -> io::Result<()> {
         options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
     let graceful = GracefulShutdown::new();
+    // Told to every request, so that the `/events` streams end on shutdown.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut warned_full: Option<Instant> = None;
     loop {
         let slot = match Arc::clone(&slots).try_acquire_owned() {
@@ -205,6 +210,7 @@ async fn run(serve: Serve) -> io::Result<()> {
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let app = app.clone();
+        let stopping = stopping.clone();
         let idle_timeout = options.idle_timeout;
         let header_timeout = options.header_timeout;
         tokio::spawn(async move {
@@ -213,7 +219,8 @@ async fn run(serve: Serve) -> io::Result<()> {
                 inner: stream,
                 activity: Arc::clone(&activity),
             });
-            let service = TowerToHyperService::new(app.map_request(with_peer(remote)));
+            let service =
+                TowerToHyperService::new(app.map_request(with_peer(remote, stopping.clone())));
             let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service));
             tokio::select! {
                 result = connection => {
@@ -235,14 +242,31 @@ async fn run(serve: Serve) -> io::Result<()> {
         });
     }
     drop(listener);
+    stop.send_replace(true);
     tracing::debug!("waiting for open connections to finish");
     graceful.shutdown().await;
     Ok(())
 }
 
-fn with_peer(remote: SocketAddr) -> impl Fn(Request<Incoming>) -> Request<Body> + Clone {
+/// The server's shutdown, as a request extension: the `/events` route ends
+/// its stream when it fires (or when the server is gone).
+#[derive(Clone)]
+pub(crate) struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// Completes once the server shuts down.
+    pub(crate) async fn wait(mut self) {
+        let _stopped_or_gone = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+fn with_peer(
+    remote: SocketAddr,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl Fn(Request<Incoming>) -> Request<Body> + Clone {
     move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
+        request.extensions_mut().insert(Stopping(stopping.clone()));
         request.map(Body::new)
     }
 }

@@ -66,6 +66,8 @@ struct Inner {
     authorizer: Box<dyn Authorizer>,
     origin: RwLock<OriginPolicy>,
     shutdown: watch::Sender<bool>,
+    /// A [`router`](crate::router) was made for this service.
+    router_made: std::sync::atomic::AtomicBool,
 }
 
 /// The sync operations (pull, push, subscribe) with authorization, over a
@@ -127,6 +129,7 @@ impl SyncService {
                 authorizer: Box::new(authorizer),
                 origin: RwLock::new(OriginPolicy::default()),
                 shutdown,
+                router_made: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -353,9 +356,26 @@ impl SyncService {
         answer.await.map_err(|_| Error::Unavailable)
     }
 
+    /// Whether a [`router`](crate::router) (or
+    /// [`router_with_options`](crate::router_with_options)) was made for this
+    /// service or a clone of it. A Leptos app needs the routes for live
+    /// updates (`/atomsync/events`); `atomsync_leptos::provide_sync_service`
+    /// reports it once in the server log when they are missing.
+    pub fn router_made(&self) -> bool {
+        self.inner.router_made.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_router_made(&self) {
+        self.inner.router_made.store(true, Ordering::Relaxed);
+    }
+
     /// Ends every [`Subscription`] (and `/events` stream), now and from now
     /// on, so that a graceful HTTP shutdown is not held up by them. Pulls and
     /// pushes go on working.
+    ///
+    /// [`serve`](crate::serve) ends the routes' streams by itself on its
+    /// graceful shutdown; call this with another server loop, such as
+    /// `axum::serve(..).with_graceful_shutdown(..)`.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
     }

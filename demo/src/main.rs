@@ -29,22 +29,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         options = options.max_subscribers(max);
     }
 
-    let signal_service = service.clone();
+    // The browser tests start the demo misconfigured on purpose, to see the
+    // mistake reported: ATOMSYNC_DEMO_FORGET=routes (no `.nest`) or
+    // `service` (no `provide_sync_service`).
+    let forget = std::env::var("ATOMSYNC_DEMO_FORGET").unwrap_or_default();
     let routes = generate_route_list(App);
     let context = {
-        let (service, options) = (service.clone(), options.clone());
-        move || atomsync_leptos::provide_sync_service_with_options(service.clone(), options.clone())
+        let service = (forget != "service").then(|| service.clone());
+        let options = options.clone();
+        move || {
+            if let Some(service) = &service {
+                atomsync_leptos::provide_sync_service_with_options(
+                    service.clone(),
+                    options.clone(),
+                );
+            }
+        }
     };
-    let app = Router::new()
-        .leptos_routes_with_context(&leptos_options, routes, context, {
+    let mut app =
+        Router::new().leptos_routes_with_context(&leptos_options, routes, context.clone(), {
             let options = leptos_options.clone();
             move || shell(options.clone())
-        })
-        // The plain HTTP protocol too, for clients that are not this app.
-        .nest(
+        });
+    if forget != "routes" {
+        // The event stream for live updates, and the plain HTTP protocol for
+        // clients that are not this app.
+        app = app.nest(
             "/atomsync",
             atomsync_server::router_with_options(service.clone(), options),
-        )
+        );
+    }
+    let app = app
         // Diagnostics: changes the server has received (the browser tests
         // check that N tabs do not push a change N times).
         .route(
@@ -54,18 +69,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 async move { service.changes_received().to_string() }
             }),
         )
-        .fallback(leptos_axum::file_and_error_handler(shell))
+        .fallback(leptos_axum::file_and_error_handler_with_context(
+            context, shell,
+        ))
         .with_state(leptos_options.clone());
 
     let listener = tokio::net::TcpListener::bind(&leptos_options.site_addr).await?;
     // Tests read this line to find the port when site_addr ends in `:0`.
     println!("listening on http://{}", listener.local_addr()?);
-    // axum::serve with timeouts and a cap on connections (docs/security.md).
+    // axum::serve with timeouts and a cap on connections (docs/security.md);
+    // on Ctrl-C the event streams end too, so the server stops at once.
     atomsync_server::serve(listener, app, atomsync_server::ServeOptions::default())
-        .with_graceful_shutdown(async move {
+        .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
-            // End the event streams, or the shutdown would wait for them.
-            signal_service.shutdown();
         })
         .await?;
     Ok(())

@@ -1,7 +1,9 @@
-//! Drives the demo in headless Chromium through chromedriver (fantoccini).
+//! Drives the demo (and examples/starter) in headless Chromium through
+//! chromedriver (fantoccini).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -30,52 +32,102 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// The demo server built by `cargo leptos build`, with its site directory.
-fn demo_build() -> (PathBuf, PathBuf) {
-    let bin = std::env::var_os("ATOMSYNC_DEMO_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("debug/demo"));
-    let site = std::env::var_os("ATOMSYNC_DEMO_SITE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/site"));
-    assert!(
-        bin.exists() && site.join("pkg").exists(),
-        "the demo is not built ({} / {}): run `cargo leptos build` first (scripts/test.sh does)",
-        bin.display(),
-        site.display()
-    );
-    (bin, site)
+/// A server built by `cargo leptos build`: its binary, its site directory,
+/// its output name and the variable that names its database file.
+#[derive(Debug, Clone)]
+pub struct Build {
+    bin: PathBuf,
+    site: PathBuf,
+    output_name: &'static str,
+    db_var: &'static str,
 }
 
-/// A running demo server on 127.0.0.1, stopped when dropped.
+impl Build {
+    /// The demo, built by `cargo leptos build` in the workspace.
+    pub fn demo() -> Build {
+        Build {
+            bin: std::env::var_os("ATOMSYNC_DEMO_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| target_dir().join("debug/demo")),
+            site: std::env::var_os("ATOMSYNC_DEMO_SITE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target/site")),
+            output_name: "demo",
+            db_var: "ATOMSYNC_DB",
+        }
+        .checked("`cargo leptos build`")
+    }
+
+    /// examples/starter, built by `cargo leptos build` in its directory
+    /// (with the same `CARGO_TARGET_DIR`, if one is set).
+    pub fn starter() -> Build {
+        let dir = workspace_root().join("examples/starter");
+        let bin = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(_) => target_dir().join("debug/starter"),
+            None => dir.join("target/debug/starter"),
+        };
+        Build {
+            bin: std::env::var_os("ATOMSYNC_STARTER_BIN")
+                .map(PathBuf::from)
+                .unwrap_or(bin),
+            site: dir.join("target/site"),
+            output_name: "starter",
+            db_var: "STARTER_DB",
+        }
+        .checked("`cd examples/starter && cargo leptos build`")
+    }
+
+    fn checked(self, command: &str) -> Build {
+        assert!(
+            self.bin.exists() && self.site.join("pkg").exists(),
+            "{} is not built ({} / {}): run {command} first (scripts/test.sh does)",
+            self.output_name,
+            self.bin.display(),
+            self.site.display()
+        );
+        self
+    }
+}
+
+/// A running demo (or starter) server on 127.0.0.1, stopped when dropped.
 pub struct Demo {
     child: Option<Child>,
     /// The server's port.
     pub port: u16,
-    db: PathBuf,
+    build: Build,
     env: Vec<(String, String)>,
+    db: PathBuf,
+    log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
 
 impl Demo {
     /// Starts the demo on an ephemeral port with a fresh database.
     pub async fn start() -> Demo {
-        Demo::start_with_env(&[]).await
+        Demo::start_with(Build::demo(), &[]).await
     }
 
     /// [`Demo::start`] with extra environment variables for the server (like
     /// `ATOMSYNC_MAX_SUBSCRIBERS`).
     pub async fn start_with_env(env: &[(&str, &str)]) -> Demo {
+        Demo::start_with(Build::demo(), env).await
+    }
+
+    /// Starts `build` on an ephemeral port with a fresh database and the
+    /// environment variables `env`.
+    pub async fn start_with(build: Build, env: &[(&str, &str)]) -> Demo {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("demo.db");
+        let db = dir.path().join("app.db");
         let mut demo = Demo {
             child: None,
             port: 0,
-            db,
+            build,
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            db,
+            log: Arc::default(),
             _dir: dir,
         };
         demo.launch(0).await;
@@ -83,20 +135,35 @@ impl Demo {
     }
 
     async fn launch(&mut self, port: u16) {
-        let (bin, site) = demo_build();
-        let mut child = Command::new(bin)
+        let build = &self.build;
+        let mut child = Command::new(&build.bin)
             .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
-            .env("LEPTOS_SITE_ROOT", &site)
+            .env("LEPTOS_SITE_ROOT", &build.site)
             .env("LEPTOS_SITE_PKG_DIR", "pkg")
-            .env("LEPTOS_OUTPUT_NAME", "demo")
+            .env("LEPTOS_OUTPUT_NAME", build.output_name)
             .env("LEPTOS_ENV", "DEV")
-            .env("ATOMSYNC_DB", &self.db)
+            .env(build.db_var, &self.db)
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(self._dir.path())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("start the demo server");
+            .expect("start the server");
+        // The server log (stderr), kept for [`Demo::log`].
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::clone(&self.log);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = log
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), async {
@@ -138,6 +205,68 @@ impl Demo {
             .split_once("\r\n\r\n")
             .map(|(_, body)| body.to_owned())
             .unwrap_or_default()
+    }
+
+    /// Opens `GET /atomsync/events?group={group}` and waits for the stream's
+    /// first event (the current cursor), as a browser's `EventSource` would.
+    /// The stream stays open while the returned connection lives.
+    pub async fn open_event_stream(&self, group: &str) -> tokio::net::TcpStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect to the server");
+        let request = format!(
+            "GET /atomsync/events?group={group} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Accept: text/event-stream\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0; 1024];
+            while !String::from_utf8_lossy(&received).contains("event: cursor") {
+                let n = stream.read(&mut buf).await.expect("read the stream");
+                assert!(
+                    n > 0,
+                    "the stream ended: {}",
+                    String::from_utf8_lossy(&received)
+                );
+                received.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no event within 10 s: {}",
+                String::from_utf8_lossy(&received)
+            )
+        });
+        let head = String::from_utf8_lossy(&received);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        stream
+    }
+
+    /// What the server wrote to stderr (its log) so far.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends the server SIGINT (Ctrl-C) and waits up to `within` for it to
+    /// exit; returns its exit status, or `None` if it is still running (it is
+    /// then killed when the `Demo` is dropped).
+    pub async fn interrupt(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let pid = child.id()?;
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -INT {pid}");
+        let status = tokio::time::timeout(within, child.wait()).await.ok()?;
+        self.child = None;
+        Some(status.expect("wait for the server"))
     }
 
     /// Kills the server (SIGKILL), as a crash or a lost network would.
@@ -377,17 +506,61 @@ impl Browser {
         let Some(id) = id else { return String::new() };
         let body = r#"{"type":"browser"}"#;
         let request = format!(
-            "POST /session/{id}/se/log HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+            // chromedriver answers HTTP/1.1 only, with the port in `Host`.
+            "POST /session/{id}/se/log HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len(),
+            port = self.driver_port
         );
         let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.driver_port)).await
         else {
             return String::new();
         };
         let _ = stream.write_all(request.as_bytes()).await;
-        let mut response = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await;
-        response
+        // Read the head, then `Content-Length` bytes (the connection may
+        // stay open), for up to 10 s.
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0; 8192];
+            loop {
+                let text = String::from_utf8_lossy(&response);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head.lines().find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    });
+                    if length.is_some_and(|n| body.len() >= n) {
+                        return;
+                    }
+                }
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => response.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// The browser console's errors (level `SEVERE`) since the last read of
+    /// the log, as `goog:loggingPrefs` gives them.
+    pub async fn console_errors(&self) -> Vec<String> {
+        let response = self.console().await;
+        let Some((_, body)) = response.split_once("\r\n\r\n") else {
+            return vec![format!("no answer from chromedriver's log: {response}")];
+        };
+        let Ok(log) = serde_json::from_str::<serde_json::Value>(body) else {
+            return vec![format!("unreadable chromedriver log: {body}")];
+        };
+        log["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
     }
 
     /// Ends the session.
