@@ -9,10 +9,16 @@ use std::ops::Deref;
 /// its own methods, which note the keys they touch, so that only those
 /// documents are persisted and synced: a write costs the same with ten
 /// documents or ten thousand.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Replacing the whole map through the signal (`atom.set(docs)`, or
+/// `*guard = docs`) replaces every document: keys absent from the new map
+/// are deleted.
+#[derive(Debug)]
 pub struct Docs<T> {
     map: BTreeMap<String, T>,
     touched: BTreeSet<String>,
+    /// This is the atom's own map (not one built or cloned to replace it).
+    held: bool,
 }
 
 impl<T> Default for Docs<T> {
@@ -20,7 +26,25 @@ impl<T> Default for Docs<T> {
         Docs {
             map: BTreeMap::new(),
             touched: BTreeSet::new(),
+            held: false,
         }
+    }
+}
+
+impl<T: Clone> Clone for Docs<T> {
+    fn clone(&self) -> Self {
+        Docs {
+            map: self.map.clone(),
+            touched: self.touched.clone(),
+            held: false,
+        }
+    }
+}
+
+/// Two maps are equal when their documents are.
+impl<T: PartialEq> PartialEq for Docs<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
     }
 }
 
@@ -92,8 +116,17 @@ impl<T> Docs<T> {
         }
     }
 
-    /// The keys written since the last call.
-    pub(crate) fn take_touched(&mut self) -> BTreeSet<String> {
-        std::mem::take(&mut self.touched)
+    /// The keys written since the last call, and whether this map replaced
+    /// the atom's own since (then every key the atom had counts as
+    /// written too). It is the atom's own map from now on.
+    pub(crate) fn take_touched(&mut self) -> (BTreeSet<String>, bool) {
+        let replaced = !std::mem::replace(&mut self.held, true);
+        (std::mem::take(&mut self.touched), replaced)
+    }
+
+    /// Marks this map as the atom's own.
+    pub(crate) fn hold(mut self) -> Self {
+        self.held = true;
+        self
     }
 }

@@ -342,10 +342,19 @@ impl Shared {
         keys.sort();
         keys.dedup();
         *self.engine.borrow_mut() = Some(engine);
+        self.publish_and_replay(&keys);
+    }
+
+    /// Decodes `keys` from the engine into the signal, replays the writes
+    /// made while there was no engine, and updates the queue and conflict
+    /// status.
+    fn publish_and_replay(&self, keys: &[String]) {
         if let (Some(engine), Some(publish)) = (&*self.engine.borrow(), &*self.publish.borrow()) {
-            publish(engine, &keys);
+            // Keys written meanwhile keep their local value below.
+            publish(engine, keys);
         }
         let early = std::mem::take(&mut *self.preload.borrow_mut());
+        // Publish them again: the signal shows the stored values by now.
         self.write_raw(early, true);
         if let Some(engine) = &*self.engine.borrow() {
             self.status.pending.set(engine.pending_len());
@@ -458,19 +467,7 @@ impl Shared {
             keys.dedup();
             keys
         };
-        if let (Some(engine), Some(publish)) = (&*self.engine.borrow(), &*self.publish.borrow()) {
-            // Keys written before loading keep their local value below.
-            publish(engine, &keys);
-        }
-        let early = std::mem::take(&mut *self.preload.borrow_mut());
-        // Publish them again: the signal shows the stored values by now.
-        self.write_raw(early, true);
-        if let Some(engine) = &*self.engine.borrow() {
-            self.status.pending.set(engine.pending_len());
-            self.status
-                .conflicts
-                .set(engine.conflicts().cloned().collect());
-        }
+        self.publish_and_replay(&keys);
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
         self.status.leader.set(!self.follower.get());
         #[cfg(not(all(target_arch = "wasm32", not(feature = "ssr"))))]
@@ -626,13 +623,19 @@ impl<T: Document> SyncedAtom<T> {
         }
     }
 
-    fn commit(&self, keys: std::collections::BTreeSet<String>) {
-        if keys.is_empty() {
-            return;
-        }
+    /// Writes the keys a write through the signal touched; `replaced`: the
+    /// whole map was replaced, so every key the engine shows counts too
+    /// (those absent now are deleted).
+    fn commit(&self, mut keys: std::collections::BTreeSet<String>, replaced: bool) {
         let Some(shared) = self.shared.and_then(|s| s.try_get_value()) else {
             return;
         };
+        if replaced && let Some(engine) = &*shared.engine.borrow() {
+            keys.extend(engine.documents().map(|(key, _)| key.to_owned()));
+        }
+        if keys.is_empty() {
+            return;
+        }
         let mut writes = Vec::with_capacity(keys.len());
         let mut unencodable = Vec::new();
         self.docs.with_untracked(|docs| {
@@ -759,13 +762,13 @@ impl<T: Document> UntrackableGuard for AtomWriteGuard<T> {
 
 impl<T: Document> Drop for AtomWriteGuard<T> {
     fn drop(&mut self) {
-        let keys = match self.guard.as_mut() {
+        let (keys, replaced) = match self.guard.as_mut() {
             Some(guard) => guard.take_touched(),
             None => return,
         };
         // Release the signal's lock before reading it back.
         self.guard = None;
-        self.atom.commit(keys);
+        self.atom.commit(keys, replaced);
         if self.notify {
             self.atom.docs.notify();
         }
@@ -872,7 +875,7 @@ pub fn use_synced_atom_with_options<T: Document>(
         .or_else(|| context.as_ref().map(|c| c.endpoint.clone()))
         .unwrap_or_default();
     let app = context.map_or_else(|| "atomsync".to_owned(), |c| c.app);
-    let docs = RwSignal::new_with_storage(Docs::default());
+    let docs = RwSignal::new_with_storage(Docs::default().hold());
     let (status, writers) = status_signals();
     let shared = Rc::new(Shared {
         group: group.to_owned(),

@@ -135,3 +135,32 @@ fn options_for_a_standalone_server_take_its_base_url() {
         );
     });
 }
+
+/// `set` replaces the whole map (issue #9, finding 9): the keys absent from
+/// the new value are deleted, not only the keys it holds written.
+#[test]
+fn set_replaces_the_whole_map_and_deletes_what_it_lacks() {
+    in_owner(|| {
+        provide_atomsync("test-app");
+        let todos = use_synced_atom::<Todo>("todo");
+        todos.insert("a", todo("first"));
+        todos.insert("b", todo("second"));
+        assert_eq!(todos.status().pending.get_untracked(), 2);
+        // A fresh map with one document: a is deleted, b deleted, c added.
+        let mut fresh = atomsync_leptos::Docs::default();
+        fresh.insert("c", todo("third"));
+        todos.set(fresh);
+        assert_eq!(
+            todos.with_untracked(|d| d.keys().cloned().collect::<Vec<_>>()),
+            ["c"]
+        );
+        // Two deletions queued behind a's and b's writes, and c's write.
+        assert_eq!(todos.status().pending.get_untracked(), 5);
+        // Emptying it deletes c too; a clone put back changes nothing.
+        todos.set(atomsync_leptos::Docs::default());
+        assert_eq!(todos.status().pending.get_untracked(), 6);
+        let same = todos.get_untracked();
+        todos.set(same);
+        assert_eq!(todos.status().pending.get_untracked(), 6);
+    });
+}

@@ -654,23 +654,13 @@ impl<S: SimServer> Sim<S> {
             && crate::sexpr::to_vec(push).map_or(0, |body| body.len()) > SERVER_MAX_BODY
         {
             self.stats.too_large_pushes += 1;
-            let answer = Answer::Push(Err(Failure::Error(ErrorBody {
+            let failure = Failure::Error(ErrorBody {
                 error: ErrorCode::TooLarge,
                 message: format!(
                     "request body is larger than the limit of {SERVER_MAX_BODY} bytes"
                 ),
-            })));
-            let delay = self.delay();
-            self.schedule(
-                delay,
-                Event::Deliver {
-                    slot,
-                    id,
-                    incarnation,
-                    request,
-                    answer,
-                },
-            );
+            });
+            self.fail_request(slot, id, incarnation, request, failure);
             return;
         }
         let roll = self.rng.unit();
@@ -691,21 +681,7 @@ impl<S: SimServer> Sim<S> {
             } else {
                 Failure::Status(400)
             };
-            let answer = match &request {
-                Request::Push(_) => Answer::Push(Err(failure)),
-                Request::Pull(_) => Answer::Pull(Err(failure)),
-            };
-            let delay = self.delay();
-            self.schedule(
-                delay,
-                Event::Deliver {
-                    slot,
-                    id,
-                    incarnation,
-                    request,
-                    answer,
-                },
-            );
+            self.fail_request(slot, id, incarnation, request, failure);
         } else {
             if self.rng.chance(0.05) {
                 self.stats.duplicated += 1;
@@ -715,6 +691,33 @@ impl<S: SimServer> Sim<S> {
             let delay = self.delay();
             self.schedule(delay, arrive(request, self.server_life));
         }
+    }
+
+    /// Answers `request` with `failure`, after a delay, without reaching the
+    /// server.
+    fn fail_request(
+        &mut self,
+        slot: usize,
+        id: u64,
+        incarnation: u64,
+        request: Request,
+        failure: Failure,
+    ) {
+        let answer = match &request {
+            Request::Push(_) => Answer::Push(Err(failure)),
+            Request::Pull(_) => Answer::Pull(Err(failure)),
+        };
+        let delay = self.delay();
+        self.schedule(
+            delay,
+            Event::Deliver {
+                slot,
+                id,
+                incarnation,
+                request,
+                answer,
+            },
+        );
     }
 
     fn handle(&mut self, event: Event) -> Result<(), String> {
