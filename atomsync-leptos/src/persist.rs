@@ -133,8 +133,15 @@ async fn drain(
             if let Some(shared) = shared.upgrade() {
                 restore(&shared, &db, &error, lost).await;
             }
-            inner.finish();
-            return;
+            // Writes made while restoring (replayed into the restored
+            // engine) were queued behind: write them before going idle.
+            let Some(next) = inner.queued.borrow_mut().take() else {
+                inner.finish();
+                return;
+            };
+            batch = next;
+            started = db.apply(&group, &batch).map(|f| f.boxed_local());
+            continue;
         }
         let Some(next) = inner.queued.borrow_mut().take() else {
             inner.finish();

@@ -486,8 +486,10 @@ impl Store {
             let mut find_document = tx.prepare_cached(
                 "SELECT version, value FROM documents WHERE grp = ?1 AND key = ?2",
             )?;
+            // An absent key after a purge shows as a tombstone at the purge
+            // version: what a change must be based on to write it again.
             let mut current = |key: &str| -> Result<Option<Document>> {
-                Ok(find_document
+                let found = find_document
                     .query_row(params![request.group, key], |row| {
                         Ok(Document {
                             key: key.to_owned(),
@@ -495,7 +497,14 @@ impl Store {
                             value: stored_value(row.get(1)?),
                         })
                     })
-                    .optional()?)
+                    .optional()?;
+                Ok(found.or_else(|| {
+                    (purged_version > 0).then(|| Document {
+                        key: key.to_owned(),
+                        version: purged_version,
+                        value: None,
+                    })
+                }))
             };
             for change in &request.changes {
                 let Change {
@@ -569,10 +578,13 @@ impl Store {
                 {
                     accepted = Some(version);
                 }
-                // A key never written, or whose tombstone was purged.
+                // A key never written (base 0), or whose tombstone was
+                // purged (based on that tombstone, which the conflict below
+                // shows at the purge version). Any other base on an absent
+                // key conflicts: it was deleted (or never written) since.
                 let fresh = base_version.max(purged_version);
                 if accepted.is_none()
-                    && (base_version == 0 || base_version <= purged_version)
+                    && (base_version == 0 || base_version == purged_version)
                     && fresh < protocol::MAX_VERSION
                     && create.execute(params![
                         request.group,
@@ -1189,6 +1201,26 @@ mod tests {
         // A base above every purged version, on an absent key: a conflict.
         let r = push(&mut store, "c", vec![change(7, "zz", 9, Some("3"))]).unwrap();
         assert_eq!(accepted_version(&r.results[0]), None);
+        // An edit based on a version before a purged deletion does not undo
+        // the deletion silently: it conflicts with the tombstone the purge
+        // left, at the purge version, and takes that base to write again.
+        push(&mut store, "c", vec![change(11, "b", 5, None)]).unwrap();
+        store.purge_tombstones(future).unwrap();
+        let r = push(&mut store, "c", vec![change(12, "b", 5, Some("4"))]).unwrap();
+        assert_eq!(
+            r.results[0],
+            ChangeResult::Conflict {
+                mutation: 12,
+                key: "b".to_owned(),
+                current: Some(Document {
+                    key: "b".to_owned(),
+                    version: 6,
+                    value: None
+                }),
+            }
+        );
+        let r = push(&mut store, "c", vec![change(13, "b", 6, Some("4"))]).unwrap();
+        assert_eq!(accepted_version(&r.results[0]), Some(7));
     }
 
     #[test]

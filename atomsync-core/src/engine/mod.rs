@@ -1133,9 +1133,12 @@ impl Engine {
             // Learnt from this database by an answer after the pull's last
             // page was read: it is there. (One learnt before that page, yet
             // not in the pull, was deleted and its tombstone purged since.)
+            // (A tag without a position, from an older version, is dropped:
+            // if the server has the document after the pull's last page,
+            // the next pull brings it back.)
             let this_database = tag.as_deref().is_some_and(|tag| {
                 Some(tag_epoch(tag)) == cursor_epoch.as_deref()
-                    && tag_seq(tag).is_none_or(|at| at > cursor_seq)
+                    && tag_seq(tag).is_some_and(|at| at > cursor_seq)
             });
             if this_database {
                 let mut doc = self.docs[&key].clone();

@@ -21,8 +21,8 @@ pub struct StoredDoc {
     /// `Some(tag)`: not confirmed by a pull from the beginning yet (after a
     /// cursor reset or before the first full pull). The tag is `EPOCH.SEQ`
     /// (learnt from that database by an answer whose cursor was `SEQ`; kept
-    /// when the pull ends in that database before `SEQ`), `EPOCH` (the same,
-    /// written by an older version), or `reset:EPOCH` (known before a reset,
+    /// when the pull ends in that database before `SEQ`), `EPOCH` (written by
+    /// an older version: dropped when the pull ends without it), or `reset:EPOCH` (known before a reset,
     /// from that database: whatever the full pull says replaces it, and it is
     /// dropped, and reported if the database changed, when the pull lacks
     /// it).

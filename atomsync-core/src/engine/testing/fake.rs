@@ -243,6 +243,18 @@ impl FakeServer {
         })
     }
 
+    /// `key` as a conflict shows it: its document, or after a purge a
+    /// tombstone at the purge version.
+    fn current(&self, group: &str, key: &str) -> Option<Document> {
+        self.document(group, key).or_else(|| {
+            (self.data.purged_version > 0).then(|| Document {
+                key: key.to_owned(),
+                version: self.data.purged_version,
+                value: None,
+            })
+        })
+    }
+
     /// All documents of `group` in key order (tombstones included).
     pub fn documents(&self, group: &str) -> Vec<Document> {
         self.data.groups.get(group).map_or_else(Vec::new, |g| {
@@ -350,20 +362,29 @@ impl SimServer for FakeServer {
                     },
                     None => ChangeResult::Conflict {
                         mutation,
-                        current: self.document(&request.group, &key),
+                        current: self.current(&request.group, &key),
                         key,
                     },
                 });
                 continue;
             }
-            let current = self.document(&request.group, &key);
             let base = change.base_version;
             let floor = self.data.purged_version;
-            let new_version = match &current {
+            let stored = self.document(&request.group, &key);
+            let new_version = match &stored {
                 Some(doc) => (base == doc.version).then(|| doc.version + 1),
                 // Never written, or its tombstone purged.
-                None => (base == 0 || base <= floor).then(|| base.max(floor) + 1),
+                None => (base == 0 || base == floor).then(|| floor + 1),
             };
+            // An absent key after a purge conflicts as a tombstone at the
+            // purge version.
+            let current = stored.or_else(|| {
+                (floor > 0).then(|| Document {
+                    key: key.clone(),
+                    version: floor,
+                    value: None,
+                })
+            });
             if let Some(version) = new_version {
                 self.write(&request.group, &key, change.value.clone(), version);
             }

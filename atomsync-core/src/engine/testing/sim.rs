@@ -1269,12 +1269,11 @@ impl<S: SimServer> Sim<S> {
                     engine.pending().collect::<Vec<_>>()
                 ));
             }
-            // An engine may keep a tombstone the server purged since.
-            let purged = |key: &str, version: u64| {
-                self.purged
-                    .get(&(group.clone(), key.to_owned()))
-                    .is_some_and(|&at| version <= at)
-            };
+            // An engine may keep a tombstone the server purged since, or one
+            // a conflict showed for an absent key after a purge (at the
+            // server's purge version, the highest of all purged ones).
+            let floor = self.purged.values().copied().max().unwrap_or(0);
+            let purged = |_key: &str, version: u64| version <= floor;
             let mine: Vec<(String, Option<Raw>, u64, bool)> = engine
                 .confirmed_documents()
                 .filter(|(k, d)| {
