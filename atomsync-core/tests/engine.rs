@@ -618,12 +618,18 @@ fn late_answers_of_a_replaced_database_do_not_stick() {
     let effects = a.answer_pull(&old_pull, old_page);
     assert!(effects.changed.is_empty() && effects.batch.is_empty());
     assert_eq!(a.engine.cursor(), None);
-    a.pull(&mut server);
+    let page = a.pull(&mut server);
     assert_eq!(a.get("j"), Some("\"only new\""));
-    assert_eq!(a.get("k"), Some("2"), "the pending write is still shown");
+    // The pending write was made on the old database's k; the new one's k
+    // differs: a conflict, resolved (server wins) and reported, not a
+    // write sent over it.
+    assert_eq!(page.conflicts.len(), 1, "{:?}", page.conflicts);
+    assert_eq!(page.conflicts[0].local, Some(raw("2")));
+    assert_eq!(page.conflicts[0].server, Some(raw("\"new db\"")));
+    assert_eq!(a.get("k"), Some("\"new db\""));
 
-    // The old database's answer settles the write, and makes the engine
-    // check the server again from the beginning: the new database wins.
+    // The old database's answer finds nothing left to settle, and makes the
+    // engine check the server again from the beginning.
     a.answer_push(&old_push, old_answer);
     assert_eq!(a.engine.pending_len(), 0);
     assert!(a.engine.status().resyncing);
@@ -1419,4 +1425,50 @@ fn a_round_under_a_stream_of_writes_ends_busy_and_one_more_round_catches_up() {
     let (end, _) = run_round(&mut a, &mut server, |_| {});
     assert_eq!(end, RoundEnd::Synced);
     assert_eq!(server_value(&server, "k").unwrap().1, Some(n.to_string()));
+}
+
+/// A write made offline before the server was restored (a new epoch), on a
+/// document somebody else changed after the restore: the version numbers
+/// match by chance, yet the write must not overwrite the other's without a
+/// report. A write on a document the restored server has unchanged is
+/// rebased and goes through.
+#[test]
+fn a_pending_write_after_a_reset_to_another_database_is_rebased_or_reported() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "1");
+    a.set("same", "1");
+    sync(&mut a, &mut server);
+    server.checkpoint();
+    a.set("k", "2");
+    sync(&mut a, &mut server);
+    assert_eq!(a.engine.confirmed("k").unwrap().version, 2);
+    // a edits offline, based on k v2 and same v1.
+    a.set("k", "\"a's edit\"");
+    a.set("same", "\"a's other edit\"");
+    // The server goes back to k v1 under a new epoch; b writes k v2 there.
+    assert!(server.restore_checkpoint());
+    sync(&mut b, &mut server);
+    b.set("k", "\"b's write\"");
+    sync(&mut b, &mut server);
+    assert_eq!(server_value(&server, "k").unwrap().0, 2);
+    // a comes back: its pull resets, the full pull shows k changed.
+    let reset = a.pull(&mut server);
+    assert!(reset.conflicts.is_empty());
+    let page = a.pull(&mut server);
+    let keys: Vec<&str> = page.conflicts.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["k"], "{:?}", page.conflicts);
+    assert_eq!(page.conflicts[0].server, Some(raw("\"b's write\"")));
+    sync(&mut a, &mut server);
+    // Server wins: b's write stays; a's other edit was rebased and applied.
+    assert_eq!(
+        server_value(&server, "k"),
+        Some((2, Some("\"b's write\"".into())))
+    );
+    assert_eq!(
+        server_value(&server, "same"),
+        Some((2, Some("\"a's other edit\"".into())))
+    );
+    assert_eq!(a.get("k"), Some("\"b's write\""));
 }

@@ -838,7 +838,11 @@ impl Engine {
             self.meta.resyncing = true;
         }
         let epoch = response.cursor.epoch.clone();
+        let mut rebases = Vec::new();
         for doc in response.documents {
+            if let Some(known) = self.known_before_reset(&doc.key, &epoch) {
+                rebases.push((doc.clone(), known));
+            }
             self.learn(doc.key, doc.value, doc.version, &epoch, None);
         }
         let advanced = self
@@ -850,9 +854,14 @@ impl Engine {
             self.more = response.more;
             self.meta.cursor = Some(response.cursor);
             self.meta_dirty = true;
-            if !self.more && self.meta.resyncing {
-                self.end_resync();
-            }
+        }
+        // With the cursor of this database in place, so that what the
+        // conflicts learn is confirmed.
+        for (doc, known) in rebases {
+            self.rebase(doc, known, &epoch);
+        }
+        if advanced && !self.more && self.meta.resyncing {
+            self.end_resync();
         }
         self.finish()
     }
@@ -1153,15 +1162,56 @@ impl Engine {
                 .as_deref()
                 .and_then(|t| t.strip_prefix(RESET_TAG))
                 .is_some_and(|old| Some(old) != cursor_epoch.as_deref());
-            if let Some(local) = gone
+            if other_database && let Some(&head) = self.by_key.get(&key).map(|list| &list[0]) {
+                // The server lacks the document a pending write was based
+                // on: the write makes it again.
+                let mut change = self.pending[&head].clone();
+                change.base_version = 0;
+                self.put_pending(change);
+            } else if let Some(local) = gone
                 && other_database
-                && !self.by_key.contains_key(&key)
             {
                 self.removed_by_reset(key, local);
             }
         }
         self.meta.resyncing = false;
         self.meta_dirty = true;
+    }
+
+    /// The value of `key` as known before a reset to a database other than
+    /// `epoch`, if it has a pending write (made on it).
+    fn known_before_reset(&self, key: &str, epoch: &str) -> Option<Option<Raw>> {
+        let doc = self.docs.get(key)?;
+        let old = doc.epoch.as_deref()?.strip_prefix(RESET_TAG)?;
+        (old != epoch && self.by_key.contains_key(key)).then(|| doc.value.clone())
+    }
+
+    /// A pending write made before a reset to another database, whose
+    /// document the full pull brought: its base version is the old
+    /// database's. If the server has the write itself, it is settled; if
+    /// the server has what the engine knew when the write was made (the same
+    /// value), the write is rebased on the server's version; otherwise it is
+    /// a conflict, resolved by the policy and reported now, never a write
+    /// applied over somebody else's by a chance equal version.
+    fn rebase(&mut self, doc: Document, known: Option<Raw>, epoch: &str) {
+        let Some(&head) = self.by_key.get(&doc.key).map(|list| &list[0]) else {
+            return;
+        };
+        let mut change = self.pending[&head].clone();
+        if change.value == doc.value {
+            // The server has the write itself (sent before, its answer
+            // lost): settled, and a write queued behind goes on from it.
+            self.accepted(head, doc.version, epoch, 0);
+            return;
+        }
+        // The server has the state the engine last knew of it: the write
+        // was made on that state (whatever its number there).
+        let same = known == doc.value;
+        change.base_version = doc.version;
+        self.put_pending(change);
+        if !same {
+            self.conflicted(head, Some(doc), epoch, 0);
+        }
     }
 
     /// Reports a document the server lost in a reset, and resolves it by the

@@ -831,6 +831,21 @@ impl<S: SimServer> Sim<S> {
         }
     }
 
+    /// A write made before a reset may be settled by a pull: when its key
+    /// is no longer pending and the server's value is the one it wanted
+    /// (a delete against a deletion, say), nothing is lost.
+    fn account_settled(&mut self, slot: usize) {
+        let slot = &mut self.slots[slot];
+        for (key, list) in &mut slot.unaccounted {
+            if slot.engine.is_pending(key) {
+                continue;
+            }
+            if let Some(doc) = slot.engine.confirmed(key).filter(|d| !d.is_stale()) {
+                list.retain(|v| *v != doc.value);
+            }
+        }
+    }
+
     /// Records what the server acknowledged, when it answers (whether or not
     /// the answer arrives): it must survive unless a restore loses it.
     fn record_acks(&mut self, push: &PushRequest, response: &PushResponse) {
@@ -944,6 +959,7 @@ impl<S: SimServer> Sim<S> {
             (Request::Pull(request), Answer::Pull(Ok(response))) => {
                 let effects = self.slots[slot].engine.on_pull_response(&request, response);
                 self.apply(slot, effects)?;
+                self.account_settled(slot);
                 return self.check_cursor(slot);
             }
             (Request::Pull(request), Answer::Pull(Err(failure))) => {
