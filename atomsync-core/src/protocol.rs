@@ -204,6 +204,12 @@ pub struct PushRequest {
     /// forget its answers. `None` (absent on the wire) says nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_water: Option<u64>,
+    /// The epoch the changes' base versions were read from. A server of
+    /// another epoch refuses the push whole (409 `cursor-reset`): version
+    /// numbers of another history could match its own by chance. `None`
+    /// (absent on the wire) says nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// The outcome of one change of a push.

@@ -418,6 +418,7 @@ fn document_values_have_a_depth_of_their_own() {
                 value: Some(value.clone()),
             }],
             low_water: None,
+            epoch: None,
         };
         let text = sexpr::to_string(&push).unwrap();
         let back: PushRequest = sexpr::from_str(&text).unwrap();

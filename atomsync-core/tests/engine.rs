@@ -116,15 +116,22 @@ impl Client {
 }
 
 /// Pushes everything pending and pulls to the end.
+/// (Nothing is pushed during a pull from the beginning after a reset, so a
+/// reset client pulls, then pushes, then pulls again.)
 fn sync(client: &mut Client, server: &mut FakeServer) {
-    while let Some(request) = client.engine.next_push(0) {
-        let response = server.push(&request).unwrap();
-        client.answer_push(&request, response);
-    }
-    loop {
-        client.pull(server);
-        if !client.engine.wants_pull() {
-            break;
+    for _ in 0..5 {
+        while let Some(request) = client.engine.next_push(0) {
+            let response = server.push(&request).unwrap();
+            client.answer_push(&request, response);
+        }
+        loop {
+            client.pull(server);
+            if !client.engine.wants_pull() {
+                break;
+            }
+        }
+        if !client.engine.wants_push() {
+            return;
         }
     }
 }
@@ -1083,19 +1090,20 @@ fn a_full_pull_after_a_purge_pages_through() {
 #[test]
 fn a_resync_does_not_confirm_a_document_purged_meanwhile() {
     let mut server = FakeServer::new();
-    let mut a = Client::new("a/todo");
+    let mut a = Client::with_options("a/todo", EngineOptions::default().pull_limit(Some(1)));
     let mut b = Client::new("b/todo");
-    a.set("x", "0");
-    sync(&mut a, &mut server);
-    // a resyncs (its cursor is from another database)...
-    server.renumber();
-    a.pull(&mut server);
-    assert!(a.engine.status().resyncing);
-    // ...and writes `k` meanwhile: accepted, learnt from the answer.
+    b.set("x", "0");
+    b.set("y", "0");
+    sync(&mut b, &mut server);
+    // a writes `k` before its first pull: accepted, learnt from the answer
+    // (not confirmed by a pull yet)...
     a.set("k", "1");
     a.push(&mut server);
     assert!(a.engine.confirmed("k").unwrap().is_stale());
-    // b deletes it; the tombstone is purged; then a's resync ends.
+    // ...and its first pull from the beginning gets under way (a page of one).
+    a.pull(&mut server);
+    assert!(a.engine.status().resyncing);
+    // b deletes it; the tombstone is purged; then a's pull ends.
     sync(&mut b, &mut server);
     b.delete("k");
     sync(&mut b, &mut server);
@@ -1367,6 +1375,7 @@ fn a_round_recovers_from_resets_and_reused_numbers_and_ends_synced() {
             value: Some(raw("0")),
         }],
         low_water: None,
+        epoch: None,
     };
     server.push(&twin).unwrap();
     a.set("j", "2");
@@ -1471,4 +1480,45 @@ fn a_pending_write_after_a_reset_to_another_database_is_rebased_or_reported() {
         Some((2, Some("\"a's other edit\"".into())))
     );
     assert_eq!(a.get("k"), Some("\"b's write\""));
+}
+
+/// The same, when the client comes back and pushes first (as a round does):
+/// its push names the epoch its base versions come from, the restored
+/// server refuses it (409 cursor-reset) instead of taking version 2 of the
+/// old history for its own, and the round resyncs and reports.
+#[test]
+fn a_push_based_on_another_epoch_is_refused_and_the_round_reports_the_conflict() {
+    let mut server = FakeServer::new();
+    let mut a = Client::new("a/todo");
+    let mut b = Client::new("b/todo");
+    a.set("k", "1");
+    sync(&mut a, &mut server);
+    server.checkpoint();
+    a.set("k", "2");
+    sync(&mut a, &mut server);
+    a.set("k", "\"a's edit\"");
+    assert!(server.restore_checkpoint());
+    sync(&mut b, &mut server);
+    b.set("k", "\"b's write\"");
+    sync(&mut b, &mut server);
+    let request = a.engine.next_push(0).unwrap();
+    assert!(request.epoch.is_some());
+    let body = server.push(&request).unwrap_err();
+    assert_eq!(body.error, ErrorCode::CursorReset);
+    let effects = a
+        .engine
+        .on_push_error(&request, &Failure::Error(body), 0, 0.0);
+    a.apply(effects);
+    assert!(a.engine.status().resyncing);
+    assert_eq!(a.engine.next_push(0), None, "nothing pushed until the pull ends");
+    let mut reports = Vec::new();
+    let (end, _) = run_round(&mut a, &mut server, |_| {});
+    assert_eq!(end, RoundEnd::Synced);
+    reports.extend(a.engine.conflicts().cloned());
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].local, Some(raw("\"a's edit\"")));
+    assert_eq!(
+        server_value(&server, "k"),
+        Some((2, Some("\"b's write\"".into())))
+    );
 }

@@ -54,6 +54,7 @@ fn push_args(key: &str) -> Vec<u8> {
                 value: Some(Raw::from_text("\"pwned\"").unwrap()),
             }],
             low_water: None,
+            epoch: None,
         },
     })
     .unwrap()

@@ -192,6 +192,7 @@ fn push_body(round: u64) -> Vec<u8> {
             value: Some(Raw::from_text(&round.to_string()).unwrap()),
         }],
         low_water: None,
+        epoch: None,
     })
     .unwrap()
 }

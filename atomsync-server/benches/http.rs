@@ -105,6 +105,7 @@ fn main() {
             client_id: "bench".to_owned(),
             changes,
             low_water: None,
+            epoch: None,
         };
         service.push(&Credentials::none(), request).await.unwrap();
         let cursor = service.cursor();

@@ -49,6 +49,7 @@ fn requests() -> Vec<PushRequest> {
                 })
                 .collect(),
             low_water: None,
+            epoch: None,
         })
         .collect()
 }

@@ -55,6 +55,7 @@
 //!         value: Some(Raw::from_text("((title . \"Buy milk\"))").unwrap()),
 //!     }],
 //!     low_water: None,
+//!     epoch: None,
 //! };
 //! service.push(&credentials, push).await?;
 //! let pull = PullRequest { group: "todo".into(), since: None, limit: None };

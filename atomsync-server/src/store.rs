@@ -178,6 +178,7 @@ pub struct StoreStats {
 ///         value: Some(Raw::from_text("42").unwrap()),
 ///     }],
 ///     low_water: None,
+///     epoch: None,
 /// })?;
 /// assert!(matches!(response.results[0], ChangeResult::Accepted { version: 1, .. }));
 /// let page = store.pull(&PullRequest { group: "todo".into(), since: None, limit: None })?;
@@ -453,6 +454,15 @@ impl Store {
     /// Nothing is applied then.
     pub fn push(&mut self, request: &PushRequest) -> Result<PushResponse> {
         validate_push(request)?;
+        if let Some(epoch) = &request.epoch
+            && *epoch != self.epoch
+        {
+            return Err(Error::CursorReset(
+                "the changes are based on another database's versions: pull again from the \
+                 beginning, then push"
+                    .to_owned(),
+            ));
+        }
         let now = unix_seconds(SystemTime::now());
         let purged_version = self.purged_version;
         let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
@@ -872,6 +882,7 @@ mod tests {
             client_id: client.to_owned(),
             changes,
             low_water: None,
+            epoch: None,
         })
     }
 
@@ -1133,6 +1144,7 @@ mod tests {
                 .map(|m| change(m, &format!("k{m}"), 0, Some("1")))
                 .collect(),
             low_water: None,
+            epoch: None,
         };
         store.push(&request).unwrap();
         push(&mut store, "d", vec![change(1, "x", 0, Some("1"))]).unwrap();
@@ -1312,6 +1324,7 @@ mod tests {
             client_id: "c".to_owned(),
             changes: vec![change(1, "k", 0, Some("1"))],
             low_water: None,
+            epoch: None,
         };
         type Mutate = Box<dyn Fn(&mut PushRequest)>;
         let cases: Vec<(&str, Mutate)> = vec![
@@ -1371,6 +1384,7 @@ mod tests {
                 client_id: "c".to_owned(),
                 changes: vec![change(100, "x", 0, Some("1"))],
                 low_water: None,
+                epoch: None,
             })
             .unwrap();
         // k3 changes again: it moves to the end.

@@ -62,6 +62,7 @@ fn push_request() -> PushRequest {
             ),
         }],
         low_water: None,
+        epoch: None,
     }
 }
 

@@ -222,7 +222,14 @@ impl SimServer for Differential {
 
     fn push(&mut self, request: &PushRequest) -> Result<PushResponse, ErrorBody> {
         let real = self.real.push(request);
-        let mut model = self.model.push(request);
+        let translated = PushRequest {
+            epoch: request
+                .epoch
+                .as_ref()
+                .map(|e| self.to_model.get(e).cloned().unwrap_or_else(|| e.clone())),
+            ..request.clone()
+        };
+        let mut model = self.model.push(&translated);
         if let Ok(response) = &mut model {
             self.to_real(&mut response.cursor);
         }

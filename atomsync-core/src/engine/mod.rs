@@ -695,6 +695,28 @@ impl Engine {
         if !self.can_send(now_ms) || self.push_in_flight.is_some() {
             return None;
         }
+        // Base versions mean something in one database only: pushes name
+        // it. While a pull from the beginning is under way, the documents
+        // known come from answers of the server (tagged with its epoch), or
+        // from before a reset: then nothing is pushed until the pull has
+        // replaced them (and rebased or reported the writes made on them).
+        let epoch = match &self.meta.cursor {
+            Some(cursor) if !self.meta.resyncing => Some(cursor.epoch.clone()),
+            _ => {
+                let mut tags = self.docs.values().filter_map(|doc| doc.epoch.as_deref());
+                let epoch = self
+                    .cursor_epoch()
+                    .or_else(|| tags.clone().next().map(tag_epoch))
+                    .map(str::to_owned);
+                // Known before a reset, or from another database: wait.
+                if tags.any(|tag| {
+                    tag.starts_with(RESET_TAG) || Some(tag_epoch(tag)) != epoch.as_deref()
+                }) {
+                    return None;
+                }
+                epoch
+            }
+        };
         let mut heads: Vec<u64> = self.by_key.values().map(|list| list[0]).collect();
         if heads.is_empty() {
             return None;
@@ -723,6 +745,7 @@ impl Engine {
             client_id: self.meta.client_id.clone(),
             changes,
             low_water: Some(self.low_water()),
+            epoch,
         })
     }
 
@@ -893,10 +916,9 @@ impl Engine {
                         self.learned_push_bytes = Some(half.min(self.push_limit()));
                     }
                 },
-                // A push has no cursor: a reset answer to it is a server fault.
-                FailureKind::CursorReset => {
-                    self.failed(FailureKind::Temporary, failure, now_ms, jitter);
-                }
+                // Based on another database's versions: pull from the
+                // beginning, then push (rebased, or reported).
+                FailureKind::CursorReset => self.begin_resync(),
                 kind => self.failed(kind, failure, now_ms, jitter),
             }
         }
@@ -981,6 +1003,7 @@ impl Engine {
             client_id: self.meta.client_id.clone(),
             changes: Vec::new(),
             low_water: Some(protocol::MAX_VERSION),
+            epoch: self.meta.cursor.as_ref().map(|c| c.epoch.clone()),
         };
         crate::sexpr::to_vec(&empty).map_or(0, |body| body.len())
     }
@@ -1104,19 +1127,25 @@ impl Engine {
         self.meta_dirty = true;
         self.more = false;
         self.server_seq = None;
-        let Some(cursor) = self.meta.cursor.take() else {
-            return;
-        };
-        let confirmed: Vec<String> = self
+        // Every document known, confirmed or learnt from answers, is now
+        // known from before the reset (and the database it came from).
+        let known: Vec<(String, String)> = self
             .docs
             .iter()
-            .filter(|(_, doc)| !doc.is_stale())
-            .map(|(key, _)| key.clone())
+            .filter(|(_, doc)| {
+                !doc.epoch
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with(RESET_TAG))
+            })
+            .filter_map(|(key, doc)| {
+                let epoch = self.doc_epoch(doc)?;
+                Some((key.clone(), format!("{RESET_TAG}{epoch}")))
+            })
             .collect();
-        let tag = format!("{RESET_TAG}{}", cursor.epoch);
-        for key in confirmed {
+        self.meta.cursor = None;
+        for (key, tag) in known {
             let mut doc = self.docs[&key].clone();
-            doc.epoch = Some(tag.clone());
+            doc.epoch = Some(tag);
             self.put_doc(key, doc);
         }
     }

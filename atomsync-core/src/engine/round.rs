@@ -162,7 +162,7 @@ impl SyncRound {
                 let effects = engine.on_push_error(request, &failure, now_ms, jitter);
                 let recovered = matches!(
                     failure.kind(),
-                    FailureKind::MutationReused | FailureKind::TooLarge
+                    FailureKind::MutationReused | FailureKind::TooLarge | FailureKind::CursorReset
                 );
                 self.settle(recovered, failure);
                 effects

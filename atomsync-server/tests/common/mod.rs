@@ -30,6 +30,7 @@ pub fn push_request(group: &str, client: &str, changes: Vec<Change>) -> PushRequ
         client_id: client.to_owned(),
         changes,
         low_water: None,
+        epoch: None,
     }
 }
 

@@ -331,6 +331,12 @@ impl SimServer for FakeServer {
         if request.changes.len() > protocol::MAX_PUSH_CHANGES {
             return Err(bad_request("too many changes"));
         }
+        if request.epoch.as_ref().is_some_and(|e| *e != self.epoch) {
+            return Err(ErrorBody {
+                error: ErrorCode::CursorReset,
+                message: "the changes are based on another database".to_owned(),
+            });
+        }
         for change in &request.changes {
             protocol::validate_key(&change.key).map_err(bad_request)?;
             let answered = self.data.mutations.get(&(id.clone(), change.mutation));
