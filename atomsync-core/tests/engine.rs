@@ -1510,7 +1510,11 @@ fn a_push_based_on_another_epoch_is_refused_and_the_round_reports_the_conflict()
         .on_push_error(&request, &Failure::Error(body), 0, 0.0);
     a.apply(effects);
     assert!(a.engine.status().resyncing);
-    assert_eq!(a.engine.next_push(0), None, "nothing pushed until the pull ends");
+    assert_eq!(
+        a.engine.next_push(0),
+        None,
+        "nothing pushed until the pull ends"
+    );
     let mut reports = Vec::new();
     let (end, _) = run_round(&mut a, &mut server, |_| {});
     assert_eq!(end, RoundEnd::Synced);
