@@ -30,7 +30,8 @@
 //!
 //! A restore that puts back the mark together with the database (a copy of
 //! the whole directory, a VM snapshot) cannot be told from the inside:
-//! declare it with `StoreOptions::new_epoch` (`atomsync-server --new-epoch`).
+//! declare it with `StoreOptions::new_epoch` (`atomsync-server --new-epoch
+//! LABEL`, once per label).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

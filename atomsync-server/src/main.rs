@@ -96,12 +96,13 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Sync::Full)]
     synchronous: Sync,
 
-    /// Give the database a new epoch on start, so that every client pulls
-    /// from the beginning: use it after restoring a backup together with
-    /// its .atomsync-hwm file (a copy of the whole directory, a VM
-    /// snapshot), which the server cannot notice by itself.
-    #[arg(long)]
-    new_epoch: bool,
+    /// Declare a restore the server cannot notice by itself (a backup put
+    /// back together with its .atomsync-hwm file: a copy of the whole
+    /// directory, a VM snapshot), naming it (a date, a ticket): the database
+    /// gets a new epoch and every client pulls from the beginning, once per
+    /// label, so the flag may stay in place.
+    #[arg(long, value_name = "LABEL")]
+    new_epoch: Option<String>,
 
     /// How long deleted documents (tombstones) are kept before they are
     /// purged, like 30d, 12h, 90m or 3600s; `never` keeps them for ever.

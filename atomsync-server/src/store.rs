@@ -50,6 +50,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tombstones_by_age ON documents (changed_at) WHERE value IS NULL;
     ALTER TABLE meta ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE meta ADD COLUMN purged_version INTEGER NOT NULL DEFAULT 0;",
+    // 3: the label of the last restore the operator declared.
+    "ALTER TABLE meta ADD COLUMN restore_label TEXT;",
 ];
 
 /// SQLite's `synchronous` setting: how hard a commit waits for the disk.
@@ -88,11 +90,14 @@ pub struct StoreOptions {
     /// documents is read in several pages. A page always holds at least one
     /// document.
     pub max_pull_bytes: usize,
-    /// Give the database a new epoch when it opens, so that every client
-    /// resets: the operator's declaration that the database was restored
-    /// (together with its high-water mark, which the store cannot notice by
-    /// itself; see `docs/protocol.md`). `false` by default.
-    pub new_epoch: bool,
+    /// The operator's declaration that the database was restored (together
+    /// with its high-water mark, which the store cannot notice by itself;
+    /// see `docs/protocol.md`), with a label naming the restore (a date, a
+    /// ticket): the database gets a new epoch when it opens, so that every
+    /// client resets, once per label. The label is kept in the database, so
+    /// a declaration left in place does nothing on later starts. `None` by
+    /// default.
+    pub new_epoch: Option<String>,
     /// How long tombstones (deleted documents) are kept before
     /// [`Store::purge_tombstones`] may delete them; `None` keeps them for
     /// ever. 30 days by default. A client whose cursor is older than a purged
@@ -105,7 +110,7 @@ impl Default for StoreOptions {
         StoreOptions {
             synchronous: Synchronous::default(),
             max_pull_bytes: 8 << 20,
-            new_epoch: false,
+            new_epoch: None,
             tombstone_horizon: Some(Duration::from_secs(30 * 24 * 3600)),
         }
     }
@@ -125,8 +130,8 @@ impl StoreOptions {
     }
 
     /// Sets [`StoreOptions::new_epoch`].
-    pub fn new_epoch(mut self, yes: bool) -> Self {
-        self.new_epoch = yes;
+    pub fn new_epoch(mut self, label: Option<String>) -> Self {
+        self.new_epoch = label;
         self
     }
 
@@ -246,13 +251,26 @@ impl Store {
             Some(path) => history::lost_history(path, &epoch, seq, created, durable),
             None => None,
         };
-        let reason = match lost {
-            Some(reason) => Some(reason),
-            None if options.new_epoch && !created => {
-                Some("the operator declared a restore (new_epoch)".to_owned())
+        let declared = match &options.new_epoch {
+            Some(label) if !created => {
+                let applied: Option<String> =
+                    conn.query_row("SELECT restore_label FROM meta WHERE id = 1", [], |r| {
+                        r.get(0)
+                    })?;
+                (applied.as_deref() != Some(label.as_str())).then_some(label)
             }
-            None => None,
+            _ => None,
         };
+        let reason = match (lost, declared) {
+            (Some(reason), _) => Some(reason),
+            (None, Some(label)) => Some(format!(
+                "the operator declared a restore (new_epoch, label {label:?})"
+            )),
+            (None, None) => None,
+        };
+        if let Some(label) = &options.new_epoch {
+            conn.execute("UPDATE meta SET restore_label = ?1 WHERE id = 1", [label])?;
+        }
         if let Some(reason) = &reason {
             let old = epoch;
             epoch = new_epoch()?;
@@ -1289,10 +1307,20 @@ mod tests {
         let store = Store::open(&moved, StoreOptions::default()).unwrap();
         assert_ne!(store.epoch(), second);
         drop(store);
-        // The operator declares a restore.
-        let store = Store::open(&path, StoreOptions::default().new_epoch(true)).unwrap();
+        // The operator declares a restore: once per label, so a declaration
+        // left in the service's flags does not reset every client again.
+        let declare = |label: &str| StoreOptions::default().new_epoch(Some(label.to_owned()));
+        let store = Store::open(&path, declare("restore-1")).unwrap();
         assert_ne!(store.epoch(), second);
         assert!(store.new_epoch_reason().unwrap().contains("operator"));
+        let third = store.epoch().to_owned();
+        drop(store);
+        let store = Store::open(&path, declare("restore-1")).unwrap();
+        assert_eq!(store.epoch(), third, "the same label again: nothing");
+        assert_eq!(store.new_epoch_reason(), None);
+        drop(store);
+        let store = Store::open(&path, declare("restore-2")).unwrap();
+        assert_ne!(store.epoch(), third, "a new label: a new epoch");
     }
 
     #[test]
