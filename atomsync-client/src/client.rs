@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use atomsync_core::engine::{
-    Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, RoundEnd, Step, Storage,
-    SyncRound, SyncStatus,
+    Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, Failure, RoundEnd, Step,
+    Storage, SyncRound, SyncStatus,
 };
+use atomsync_core::protocol::{PullRequest, PullResponse, PushRequest, PushResponse};
 use atomsync_core::sexpr::Raw;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -290,6 +291,12 @@ impl Group {
 
 fn task_error(error: tokio::task::JoinError) -> Error {
     Error::Task(error.to_string())
+}
+
+/// A request of a sync round with its answer.
+enum Sent {
+    Push(PushRequest, std::result::Result<PushResponse, Failure>),
+    Pull(PullRequest, std::result::Result<PullResponse, Failure>),
 }
 
 /// A random number in `0.0..1.0` for the backoff's jitter.
@@ -621,41 +628,40 @@ impl<T: Transport> Shared<T> {
             })
             .await?;
             round = back;
-            let effects = match step {
+            let sent = match step {
                 Step::Push(request) => {
                     report.pushes += 1;
                     let answer = self.transport.push(&request).await;
-                    let (now, jitter) = (self.now_ms(), jitter());
-                    let (effects, back) = Self::step(group, move |state| {
-                        let mut round = round;
-                        let effects = state.change(|engine| {
-                            Ok(round.on_push(engine, &request, answer, now, jitter))
-                        })?;
-                        Ok((effects, round))
-                    })
-                    .await?;
-                    round = back;
-                    effects
+                    Sent::Push(request, answer)
                 }
                 Step::Pull(request) => {
                     report.pulls += 1;
                     let answer = self.transport.pull(&request).await;
-                    let (now, jitter) = (self.now_ms(), jitter());
-                    let (effects, back) = Self::step(group, move |state| {
-                        let mut round = round;
-                        let effects = state.change(|engine| {
-                            Ok(round.on_pull(engine, &request, answer, now, jitter))
-                        })?;
-                        Ok((effects, round))
-                    })
-                    .await?;
-                    round = back;
-                    effects
+                    Sent::Pull(request, answer)
                 }
                 Step::Done(RoundEnd::Failed(failure)) => break Ok(Some(failure)),
                 Step::Done(RoundEnd::Halted(halt)) => break Err(Error::Halted(halt)),
                 Step::Done(_) => break Ok(None),
             };
+            // The answer folded in through the round, persisted before the
+            // round is asked for the next request.
+            let (now, jitter) = (self.now_ms(), jitter());
+            let (effects, back) = Self::step(group, move |state| {
+                let mut round = round;
+                let effects = state.change(|engine| {
+                    Ok(match sent {
+                        Sent::Push(request, answer) => {
+                            round.on_push(engine, &request, answer, now, jitter)
+                        }
+                        Sent::Pull(request, answer) => {
+                            round.on_pull(engine, &request, answer, now, jitter)
+                        }
+                    })
+                })?;
+                Ok((effects, round))
+            })
+            .await?;
+            round = back;
             changed.extend(effects.changed);
             report.conflicts.extend(effects.conflicts);
         };
