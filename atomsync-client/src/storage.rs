@@ -56,7 +56,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         resolution TEXT NOT NULL,
         PRIMARY KEY (grp, id)
     ) STRICT, WITHOUT ROWID;",
-    // 2: what a conflict report is about (`write`, `reset` or `too-large`).
+    // 2: what a conflict report is about (`write`, `reset`, `too-large` or
+    // `concurrent`).
     "ALTER TABLE conflicts ADD COLUMN cause TEXT NOT NULL DEFAULT 'write';",
 ];
 
@@ -65,6 +66,7 @@ fn cause_text(cause: ConflictCause) -> &'static str {
         ConflictCause::Write => "write",
         ConflictCause::Reset => "reset",
         ConflictCause::TooLarge => "too-large",
+        ConflictCause::Concurrent => "concurrent",
     }
 }
 
@@ -73,8 +75,9 @@ fn cause_from_text(text: &str) -> Result<ConflictCause, String> {
         "write" => Ok(ConflictCause::Write),
         "reset" => Ok(ConflictCause::Reset),
         "too-large" => Ok(ConflictCause::TooLarge),
+        "concurrent" => Ok(ConflictCause::Concurrent),
         other => Err(format!(
-            "cause {other:?}: expected `write`, `reset` or `too-large`"
+            "cause {other:?}: expected `write`, `reset`, `too-large` or `concurrent`"
         )),
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use atomsync_core::engine::testing::{FakeServer, SimServer};
 use atomsync_core::engine::{
     Backoff, Batch, Conflict, ConflictCause, ConflictPolicy, Effects, Engine, EngineError,
-    EngineOptions, Failure, FailureKind, MAX_PASSES, MemoryStorage, Resolution, RoundEnd, Step,
-    Storage, SyncRound,
+    EngineOptions, Failure, FailureKind, MAX_PASSES, MemoryStorage, Resolution, RoundEnd, Seen,
+    Step, Storage, SyncRound,
 };
 use atomsync_core::protocol::{
     ChangeResult, Cursor, ErrorBody, ErrorCode, PullRequest, PullResponse, PushRequest,
@@ -1525,4 +1525,133 @@ fn a_push_based_on_another_epoch_is_refused_and_the_round_reports_the_conflict()
         server_value(&server, "k"),
         Some((2, Some("\"b's write\"".into())))
     );
+}
+
+// ----- writes forwarded by other tabs (Engine::write_based) -----
+
+#[test]
+fn a_forwarded_write_on_the_value_shown_applies_like_a_local_write() {
+    let mut server = FakeServer::new();
+    let mut leader = Client::new("leader");
+    leader.set("milk", "1");
+    sync(&mut leader, &mut server);
+    // The follower saw "1" and writes "2".
+    let seen = Seen::of(Some(&raw("1")));
+    assert_eq!(leader.engine.seen("milk"), seen);
+    let effects = leader
+        .engine
+        .write_based("milk", Some(raw("2")), seen)
+        .unwrap();
+    let applied = leader.apply(effects);
+    assert!(applied.conflicts.is_empty());
+    assert_eq!(applied.changed, ["milk"]);
+    sync(&mut leader, &mut server);
+    assert_eq!(server_value(&server, "milk"), Some((2, Some("2".into()))));
+}
+
+#[test]
+fn a_forwarded_write_on_a_stale_value_is_a_reported_conflict_not_an_overwrite() {
+    let mut server = FakeServer::new();
+    let mut leader = Client::new("leader");
+    leader.set("milk", "1");
+    sync(&mut leader, &mut server);
+    // The follower saw "1"; meanwhile another client wrote "3" and the
+    // leader pulled it.
+    let mut other = Client::new("other");
+    sync(&mut other, &mut server);
+    other.set("milk", "3");
+    sync(&mut other, &mut server);
+    sync(&mut leader, &mut server);
+    assert_eq!(leader.get("milk"), Some("3"));
+    let effects = leader
+        .engine
+        .write_based("milk", Some(raw("2")), Seen::of(Some(&raw("1"))))
+        .unwrap();
+    let applied = leader.apply(effects);
+    assert_eq!(applied.conflicts.len(), 1);
+    let report = &applied.conflicts[0];
+    assert_eq!(report.cause, ConflictCause::Concurrent);
+    assert_eq!(report.local.as_ref().map(Raw::as_str), Some("2"));
+    assert_eq!(report.server.as_ref().map(Raw::as_str), Some("3"));
+    assert_eq!(report.server_version, 2);
+    assert_eq!(report.resolution, Resolution::ServerWins);
+    // The report is durable, the newer value stays, nothing is pushed.
+    assert_eq!(applied.batch.conflicts.len(), 1);
+    assert_eq!(leader.get("milk"), Some("3"));
+    assert_eq!(leader.engine.pending_len(), 0);
+    let restored = Engine::restore(leader.storage.load().unwrap().unwrap()).unwrap();
+    assert_eq!(restored.conflicts().count(), 1);
+}
+
+#[test]
+fn a_stale_forwarded_write_follows_the_policy() {
+    // A pending local write of the leader is a change the follower did not
+    // see either.
+    let mut client_wins = Client::with_policy("a", ConflictPolicy::ClientWins);
+    client_wins.set("milk", "1");
+    client_wins.set("milk", "3");
+    let effects = client_wins
+        .engine
+        .write_based("milk", Some(raw("2")), Seen::of(Some(&raw("1"))))
+        .unwrap();
+    let applied = client_wins.apply(effects);
+    assert_eq!(applied.conflicts[0].resolution, Resolution::ClientWins);
+    assert_eq!(client_wins.get("milk"), Some("2"));
+
+    let merge = ConflictPolicy::merge(|_, local, shown| {
+        Some(raw(&format!(
+            "({} {})",
+            local.map_or("nil", Raw::as_str),
+            shown.map_or("nil", Raw::as_str)
+        )))
+    });
+    let mut merged = Client::with_policy("b", merge);
+    merged.set("milk", "3");
+    let effects = merged
+        .engine
+        .write_based("milk", None, Seen::of(Some(&raw("1"))))
+        .unwrap();
+    let applied = merged.apply(effects);
+    assert_eq!(
+        applied.conflicts[0].resolution,
+        Resolution::Merged(Some(raw("(nil 3)")))
+    );
+    assert_eq!(merged.get("milk"), Some("(nil 3)"));
+}
+
+#[test]
+fn a_forwarded_write_delivered_twice_is_applied_once() {
+    let mut leader = Client::new("leader");
+    let seen = leader.engine.seen("milk");
+    assert_eq!(seen, Seen::of(None));
+    let first = leader
+        .engine
+        .write_based("milk", Some(raw("2")), seen)
+        .unwrap();
+    leader.apply(first);
+    let again = leader
+        .engine
+        .write_based("milk", Some(raw("2")), seen)
+        .unwrap();
+    let applied = leader.apply(again);
+    assert!(applied.conflicts.is_empty() && applied.batch.is_empty());
+    assert_eq!(leader.engine.pending_len(), 1);
+    // A delete of a document the follower saw deleted is no conflict either.
+    let gone = leader
+        .engine
+        .write_based("bread", None, Seen::of(Some(&raw("1"))))
+        .unwrap();
+    assert!(gone.conflicts.is_empty());
+}
+
+#[test]
+fn a_forwarded_write_is_validated_like_a_local_one() {
+    let mut leader = Client::new("leader");
+    leader.set("milk", "3");
+    let stale = Seen::of(Some(&raw("1")));
+    assert!(matches!(
+        leader.engine.write_based("", Some(raw("2")), stale),
+        Err(EngineError::InvalidKey(_))
+    ));
+    assert_eq!(leader.engine.conflicts().count(), 0);
 }

@@ -76,6 +76,11 @@ pub enum ConflictCause {
     /// it was dropped, the document shows the server's value again, and
     /// `local` is the refused value.
     TooLarge,
+    /// A write forwarded by another tab (see [`Engine::write_based`](super::Engine::write_based))
+    /// was made on a value that has changed since: `local` is the forwarded
+    /// value, `server` the value this engine showed when it arrived (pending
+    /// or confirmed), resolved by the policy as a refused write would be.
+    Concurrent,
 }
 
 /// A report of a local write the server refused because another write got

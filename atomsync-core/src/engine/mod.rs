@@ -114,6 +114,7 @@
 
 mod conflict;
 mod error;
+mod forwarded;
 mod retry;
 mod round;
 mod storage;
@@ -128,6 +129,7 @@ use serde::de::DeserializeOwned;
 
 pub use conflict::{Conflict, ConflictCause, ConflictPolicy, MergeFn, Resolution};
 pub use error::EngineError;
+pub use forwarded::Seen;
 pub use retry::{Backoff, Failure, FailureKind, Halt};
 pub use round::{MAX_PASSES, MAX_RECOVERIES, RoundEnd, Step, SyncRound};
 pub use storage::{
