@@ -263,7 +263,7 @@ async fn seed(app: &str) -> f64 {
     }
     let db = LocalDb::open(app).await.expect("open");
     let t0 = now();
-    db.apply(GROUP, &batch)
+    db.apply(GROUP, &batch, &[], None)
         .expect("transaction")
         .await
         .expect("commit");

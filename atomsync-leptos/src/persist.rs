@@ -26,8 +26,14 @@ use futures::FutureExt;
 use futures::channel::oneshot;
 use futures::future::LocalBoxFuture;
 
-use crate::idb_store::LocalDb;
+use crate::idb_store::{FENCED, LocalDb, OutboxKey};
 use crate::use_synced_atom::Shared;
+
+/// Batches merged for one transaction, with the outbox entries they applied.
+struct Queued {
+    batch: Batch,
+    applied: Vec<OutboxKey>,
+}
 
 /// Writes a group's batches to IndexedDB one transaction at a time.
 #[derive(Default)]
@@ -38,7 +44,10 @@ pub(crate) struct Writer {
 #[derive(Default)]
 struct Inner {
     /// Batches waiting for the transaction in progress, merged.
-    queued: RefCell<Option<Batch>>,
+    queued: RefCell<Option<Queued>>,
+    /// The tab's id where leadership is a lease: every transaction is
+    /// fenced by it (see [`LocalDb::apply`]).
+    fence: RefCell<Option<String>>,
     /// A transaction is being written.
     busy: Cell<bool>,
     /// How many transactions failed so far.
@@ -48,30 +57,43 @@ struct Inner {
 }
 
 impl Writer {
-    /// Queues `batch` behind the ones already handed over, into `db`. When
-    /// nothing is being written its transaction is created at once, so it
-    /// commits even if the atom is disposed right after; the batches queued
-    /// behind it are written too, atom or not.
-    pub(crate) fn queue(&self, shared: &Rc<Shared>, db: Rc<LocalDb>, batch: Batch) {
-        if batch.is_empty() {
+    /// Queues `batch` (and the deletion of the outbox entries it
+    /// `applied`) behind the ones already handed over, into `db`, fenced by
+    /// `fence` (see [`LocalDb::apply`]). When nothing is being written its
+    /// transaction is created at once, so it commits even if the atom is
+    /// disposed right after; the batches queued behind it are written too,
+    /// atom or not.
+    pub(crate) fn queue(
+        &self,
+        shared: &Rc<Shared>,
+        db: Rc<LocalDb>,
+        batch: Batch,
+        applied: Vec<OutboxKey>,
+        fence: Option<String>,
+    ) {
+        if batch.is_empty() && applied.is_empty() {
             return;
         }
         let inner = &self.inner;
+        *inner.fence.borrow_mut() = fence;
         match &mut *inner.queued.borrow_mut() {
-            Some(queued) => queued.merge(batch),
-            slot @ None => *slot = Some(batch),
+            Some(queued) => {
+                queued.batch.merge(batch);
+                queued.applied.extend(applied);
+            }
+            slot @ None => *slot = Some(Queued { batch, applied }),
         }
         if inner.busy.replace(true) {
             return;
         }
-        let batch = inner.queued.borrow_mut().take().expect("just queued");
-        let first = db.apply(&shared.group, &batch);
+        let queued = inner.queued.borrow_mut().take().expect("just queued");
+        let first = inner.start(&db, &shared.group, &queued);
         leptos::task::spawn_local(drain(
             Rc::clone(inner),
             db,
             shared.group.clone(),
             Rc::downgrade(shared),
-            batch,
+            queued,
             first,
         ));
     }
@@ -100,6 +122,13 @@ impl Writer {
 }
 
 impl Inner {
+    /// Creates the transaction of `queued`.
+    fn start(&self, db: &LocalDb, group: &str, queued: &Queued) -> Started {
+        let fence = self.fence.borrow();
+        db.apply(group, &queued.batch, &queued.applied, fence.as_deref())
+            .map(|f| f.boxed_local())
+    }
+
     fn finish(&self) {
         self.busy.set(false);
         for waiter in self.waiters.borrow_mut().drain(..) {
@@ -117,21 +146,42 @@ async fn drain(
     db: Rc<LocalDb>,
     group: String,
     shared: Weak<Shared>,
-    mut batch: Batch,
-    first: Result<impl Future<Output = Result<(), String>> + 'static, String>,
+    mut batch: Queued,
+    first: Started,
 ) {
-    let mut started: Started = first.map(|f| f.boxed_local());
+    let mut started = first;
     loop {
         let result = match started {
             Ok(done) => done.await,
             Err(e) => Err(e),
         };
         if let Err(error) = result {
-            let count = |b: &Batch| b.pending.values().filter(|c| c.is_some()).count();
-            let lost = count(&batch) + inner.queued.borrow_mut().take().map_or(0, |b| count(&b));
+            // The local writes these batches carried, the latest per key
+            // (later batches and higher mutation numbers are later).
+            let mut changes: Vec<_> = batch.batch.pending.into_values().flatten().collect();
+            if let Some(queued) = inner.queued.borrow_mut().take() {
+                changes.extend(queued.batch.pending.into_values().flatten());
+            }
+            changes.sort_by_key(|change| change.mutation);
+            let writes: Vec<_> = changes
+                .into_iter()
+                .map(|change| (change.key, change.value))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
             inner.failures.set(inner.failures.get() + 1);
             if let Some(shared) = shared.upgrade() {
-                restore(&shared, &db, &error, lost).await;
+                if error == FENCED {
+                    // Another tab leads now: this one follows, and hands the
+                    // writes it could not store to the leader, based on what
+                    // it had stored (a change the leader made since is a
+                    // reported conflict, not an overwrite).
+                    shared.step_down();
+                    restore(&shared, &db, &error, None).await;
+                    shared.forward(writes);
+                } else {
+                    restore(&shared, &db, &error, Some(writes.len())).await;
+                }
             }
             // Writes made while restoring (replayed into the restored
             // engine) were queued behind: write them before going idle.
@@ -140,7 +190,7 @@ async fn drain(
                 return;
             };
             batch = next;
-            started = db.apply(&group, &batch).map(|f| f.boxed_local());
+            started = inner.start(&db, &group, &batch);
             continue;
         }
         let Some(next) = inner.queued.borrow_mut().take() else {
@@ -148,12 +198,14 @@ async fn drain(
             return;
         };
         batch = next;
-        started = db.apply(&group, &batch).map(|f| f.boxed_local());
+        started = inner.start(&db, &group, &batch);
     }
 }
 
-/// Puts the engine back to what IndexedDB holds after a failed transaction.
-async fn restore(shared: &Rc<Shared>, db: &LocalDb, error: &str, lost: usize) {
+/// Puts the engine back to what IndexedDB holds after a failed transaction;
+/// `lost`: how many unsaved writes were undone (`None`: none, they were
+/// handed to the leading tab).
+async fn restore(shared: &Rc<Shared>, db: &LocalDb, error: &str, lost: Option<usize>) {
     // Writes made from now on wait for the restored engine.
     let old = shared.engine.borrow_mut().take();
     let options = old.as_ref().map(|engine| engine.options().clone());
@@ -178,10 +230,16 @@ async fn restore(shared: &Rc<Shared>, db: &LocalDb, error: &str, lost: usize) {
                 None => engine,
             };
             shared.reinstall(engine);
-            shared.report_error(format!(
-                "IndexedDB write failed ({error}); {lost} unsaved change(s) were undone and \
-                 the stored state is shown again"
-            ));
+            shared.report_error(match lost {
+                Some(lost) => format!(
+                    "IndexedDB write failed ({error}); {lost} unsaved change(s) were undone \
+                     and the stored state is shown again"
+                ),
+                None => format!(
+                    "this tab stopped leading the group ({error}); its unsaved changes were \
+                     handed to the leading tab"
+                ),
+            });
         }
         Err(e) => {
             // Keep what memory has, and say that nothing is stored any more.

@@ -59,54 +59,76 @@ pub(crate) async fn load(app: &str, shared: &Rc<Shared>) {
     shared.install(engine.with_options(options));
 }
 
-/// Pushes pending writes and pulls changes until the atom is disposed:
-/// right away after a write, every poll interval otherwise, backing off
-/// after failures.
-pub(crate) async fn run(shared: Weak<Shared>, mut wakes: UnboundedReceiver<()>) {
+/// Pushes pending writes and pulls changes (and applies what follower tabs
+/// put in the outbox) until the atom is disposed or this tab stops leading:
+/// right away after a write or a poke, every poll interval otherwise,
+/// backing off after failures. Returns `true` when this tab stepped down
+/// (see [`crate::tabs`]), `false` when the atom is gone.
+pub(crate) async fn run(shared: Weak<Shared>, wakes: &mut UnboundedReceiver<()>) -> bool {
     // A server URL that names a route: said once, and nothing is sent.
+    let mut misconfigured = false;
     if let Some(shared) = shared.upgrade()
         && let Endpoint::Url(base) = &shared.endpoint
         && let Err(message) = server_routes(base)
     {
         shared.report_config_error(message);
-        return;
+        misconfigured = true;
     }
     // Dropped (and closed) when the loop ends.
-    let mut events = shared.upgrade().and_then(|shared| Events::open(&shared));
+    let mut events = match shared.upgrade() {
+        Some(shared) if !misconfigured => Events::open(&shared),
+        _ => None,
+    };
     let mut events_opened = now_ms();
     loop {
         let wait = {
             let Some(shared) = shared.upgrade() else {
-                return;
+                return false;
             };
-            if shared.endpoint == Endpoint::None || shared.engine.borrow().is_none() {
-                return;
+            if !shared.leads_now() {
+                shared.step_down();
+                return true;
             }
-            step(&shared).await;
+            // Follower tabs' writes first: they are pushed in this round.
+            shared.writer.idle().await;
+            shared.drain_outbox().await;
+            // No engine: a failed IndexedDB write is being undone; the
+            // restored engine wakes the loop.
+            let syncs = shared.endpoint != Endpoint::None && !misconfigured;
+            if syncs && shared.engine.borrow().is_some() {
+                step(&shared).await;
+            }
             let now = now_ms();
             // `EventSource` reconnects by itself after a network error, but
             // gives up for good on an HTTP error: a 503 beyond the server's
             // cap on event streams, a 5xx while it restarts. Open it again
             // (at most every EVENTS_RETRY_MS); polling went on meanwhile.
-            if events.as_ref().is_some_and(Events::closed)
+            if syncs
+                && events.as_ref().is_some_and(Events::closed)
                 && now.saturating_sub(events_opened) >= EVENTS_RETRY_MS
             {
                 events = Events::open(&shared);
                 events_opened = now;
             }
             let poll = u64::from(shared.options.poll_interval_ms);
-            // Back off after failures; otherwise poll.
+            // Back off after failures; otherwise poll. A lease is renewed
+            // every LEASE_RENEW_MS: check it as often.
             let ready_at = shared.engine.borrow().as_ref().and_then(Engine::ready_at);
-            match ready_at {
-                Some(at) if at > now => at - now,
+            let wait = match ready_at {
+                Some(at) if at > now && syncs => at - now,
                 _ => poll,
+            };
+            if shared.lease_mode.get() {
+                wait.min(u64::from(crate::tabs::LEASE_RENEW_MS))
+            } else {
+                wait
             }
         };
         let timer = Box::pin(sleep(wait.min(u64::from(u32::MAX)) as u32));
         if let futures::future::Either::Right((None, _)) =
             futures::future::select(timer, wakes.next()).await
         {
-            return;
+            return false;
         }
         // Coalesce a burst of writes into one push.
         while let Ok(()) = wakes.try_recv() {}
@@ -125,7 +147,7 @@ async fn step(shared: &Rc<Shared>) {
         // Nothing is sent before every batch so far is in IndexedDB; a
         // failed one put the engine back, and the round is over.
         shared.writer.idle().await;
-        if shared.writer.failures() != failures {
+        if shared.writer.failures() != failures || !shared.leads_now() {
             break;
         }
         let step = {

@@ -101,16 +101,16 @@ pub struct AtomStatus {
     allow(dead_code)
 )]
 #[derive(Clone, Copy)]
-struct StatusWriters {
-    ready: WriteSignal<bool>,
-    leader: WriteSignal<bool>,
-    persistent: WriteSignal<bool>,
-    online: WriteSignal<bool>,
-    syncing: WriteSignal<bool>,
-    pending: WriteSignal<usize>,
-    last_synced: WriteSignal<Option<i64>>,
-    last_error: WriteSignal<Option<String>>,
-    conflicts: WriteSignal<Vec<Conflict>>,
+pub(crate) struct StatusWriters {
+    pub(crate) ready: WriteSignal<bool>,
+    pub(crate) leader: WriteSignal<bool>,
+    pub(crate) persistent: WriteSignal<bool>,
+    pub(crate) online: WriteSignal<bool>,
+    pub(crate) syncing: WriteSignal<bool>,
+    pub(crate) pending: WriteSignal<usize>,
+    pub(crate) last_synced: WriteSignal<Option<i64>>,
+    pub(crate) last_error: WriteSignal<Option<String>>,
+    pub(crate) conflicts: WriteSignal<Vec<Conflict>>,
 }
 
 fn status_signals() -> (AtomStatus, StatusWriters) {
@@ -149,9 +149,12 @@ fn status_signals() -> (AtomStatus, StatusWriters) {
     )
 }
 
-/// Document writes: key and new value (`None`: delete).
+/// The outbox entries an engine step applied (see [`crate::tabs`]).
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-pub(crate) type Writes = Vec<(String, Option<Raw>)>;
+pub(crate) type Applied = Vec<crate::idb_store::OutboxKey>;
+/// No outbox outside the browser: always empty.
+#[cfg(not(all(target_arch = "wasm32", not(feature = "ssr"))))]
+pub(crate) type Applied = Vec<std::convert::Infallible>;
 
 /// Decodes `(key, value)` pairs into the atom's signal.
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
@@ -173,7 +176,7 @@ pub(crate) struct Shared {
     pub(crate) engine: RefCell<Option<Engine>>,
     /// Writes made before the local data was loaded, replayed after.
     preload: RefCell<Vec<(String, Option<Raw>)>>,
-    status: StatusWriters,
+    pub(crate) status: StatusWriters,
     /// A configuration mistake (see [`Shared::report_config_error`]): it
     /// stays in `last_error` after successful syncs, until a reload.
     config_error: RefCell<Option<String>>,
@@ -186,18 +189,18 @@ pub(crate) struct Shared {
     pub(crate) writer: crate::persist::Writer,
     /// This state itself, for the tasks it starts.
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-    me: RefCell<std::rc::Weak<Shared>>,
+    pub(crate) me: RefCell<std::rc::Weak<Shared>>,
     pub(crate) wake: RefCell<Option<futures::channel::mpsc::UnboundedSender<()>>>,
     /// Decodes the given keys from the engine into the signal.
     publish: RefCell<Option<Publish>>,
     /// The keys currently in the signal.
     rendered_keys: RefCell<Option<KeysFn>>,
     /// The last known online state and sync time (what the status shows).
-    online: std::cell::Cell<bool>,
-    last_synced: std::cell::Cell<Option<i64>>,
+    pub(crate) online: std::cell::Cell<bool>,
+    pub(crate) last_synced: std::cell::Cell<Option<i64>>,
     /// Decodes values announced by the leader tab into the signal.
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-    publish_values: RefCell<Option<PublishValues>>,
+    pub(crate) publish_values: RefCell<Option<PublishValues>>,
     /// Another tab leads this group: writes are forwarded to it.
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
     pub(crate) follower: std::cell::Cell<bool>,
@@ -205,9 +208,27 @@ pub(crate) struct Shared {
     pub(crate) tabs: RefCell<Option<crate::tabs::Tabs>>,
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
     pub(crate) lock: RefCell<Option<crate::tabs::LockGuard>>,
-    /// A follower's writes the leader has not acknowledged, by message id.
+    /// This atom's id among the tabs (the lease owner, the outbox entries'
+    /// author).
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-    pub(crate) unacked: RefCell<std::collections::BTreeMap<u64, Writes>>,
+    pub(crate) tab: String,
+    /// Leadership is a lease (no Web Locks here): while leading, when it
+    /// passes unless renewed (Unix milliseconds).
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) lease: std::cell::Cell<Option<u64>>,
+    /// Leadership is a lease in this browser (no Web Locks).
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) lease_mode: std::cell::Cell<bool>,
+    /// As a follower: what this tab shows of each key, as the leader
+    /// announced it or this tab wrote it (keys not here: the loaded state).
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) seen: RefCell<std::collections::BTreeMap<String, atomsync_core::engine::Seen>>,
+    /// As a follower: how many outbox entries this tab wrote.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) outbox_seq: std::cell::Cell<u64>,
+    /// Outbox records already reported unreadable.
+    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+    pub(crate) bad_outbox: RefCell<std::collections::BTreeSet<String>>,
 }
 
 #[cfg_attr(
@@ -269,16 +290,26 @@ impl Shared {
     /// Persists and publishes what an engine step did. Returns a future
     /// that resolves once the batch is durable (or immediately in memory).
     pub(crate) fn handle(&self, effects: Effects) -> impl Future<Output = ()> + use<> {
-        self.handle_with(effects, true)
+        self.handle_with(effects, true, Applied::default(), &[])
     }
 
     /// [`handle`](Self::handle); with `publish_locally` false the signal
     /// already holds the changed values (local writes), so they are only
-    /// announced to the other tabs.
-    fn handle_with(
+    /// announced to the other tabs. `applied`: the outbox entries the step
+    /// applied, deleted in the same IndexedDB transaction; `touched`: keys
+    /// announced to the other tabs even if their value did not change (the
+    /// keys of those entries: their authors show their own value until
+    /// told).
+    #[cfg_attr(
+        not(all(target_arch = "wasm32", not(feature = "ssr"))),
+        allow(unused_variables)
+    )]
+    pub(crate) fn handle_with(
         &self,
         effects: Effects,
         publish_locally: bool,
+        applied: Applied,
+        touched: &[String],
     ) -> impl Future<Output = ()> + use<> {
         let Effects {
             batch,
@@ -287,7 +318,7 @@ impl Shared {
         } = effects;
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
         let queued = !batch.pending.is_empty();
-        let persisted = self.persist(batch);
+        let persisted = self.persist(batch, applied);
         if publish_locally
             && !changed.is_empty()
             && let (Some(engine), Some(publish)) = (&*self.engine.borrow(), &*self.publish.borrow())
@@ -296,8 +327,12 @@ impl Shared {
         }
         // Other tabs mirror the leader's documents and its queue length.
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-        if !changed.is_empty() || queued {
-            self.announce(&changed);
+        if !changed.is_empty() || queued || !touched.is_empty() || !conflicts.is_empty() {
+            let mut keys = changed.clone();
+            keys.extend(touched.iter().cloned());
+            keys.sort();
+            keys.dedup();
+            self.announce(&keys, !conflicts.is_empty());
         }
         for conflict in &conflicts {
             if let Some(on_conflict) = &self.options.on_conflict {
@@ -318,14 +353,19 @@ impl Shared {
     /// Hands `batch` to the writer (see [`crate::persist`]); the future
     /// resolves once every batch handed over so far is committed.
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-    fn persist(&self, batch: atomsync_core::engine::Batch) -> impl Future<Output = ()> + use<> {
-        // A follower tab never writes IndexedDB: the leader does.
+    fn persist(
+        &self,
+        batch: atomsync_core::engine::Batch,
+        applied: Applied,
+    ) -> impl Future<Output = ()> + use<> {
+        // A follower tab never writes the engine's state: the leader does.
         // In memory only (no IndexedDB): nothing to write.
         if !self.follower.get()
             && let Some(me) = self.me.borrow().upgrade()
             && let Some(db) = self.db.borrow().clone()
         {
-            self.writer.queue(&me, db, batch);
+            let fence = self.lease_mode.get().then(|| self.tab.clone());
+            self.writer.queue(&me, db, batch, applied, fence);
         }
         self.writer.idle()
     }
@@ -343,6 +383,8 @@ impl Shared {
         keys.dedup();
         *self.engine.borrow_mut() = Some(engine);
         self.publish_and_replay(&keys);
+        // The sync loop waits for an engine.
+        self.wake();
     }
 
     /// Decodes `keys` from the engine into the signal, replays the writes
@@ -365,84 +407,12 @@ impl Shared {
     }
 
     #[cfg(not(all(target_arch = "wasm32", not(feature = "ssr"))))]
-    fn persist(&self, _batch: atomsync_core::engine::Batch) -> impl Future<Output = ()> + use<> {
+    fn persist(
+        &self,
+        _batch: atomsync_core::engine::Batch,
+        _applied: Applied,
+    ) -> impl Future<Output = ()> + use<> {
         async {}
-    }
-
-    /// Sends a follower's writes to the leader tab (kept until acknowledged,
-    /// and replayed if this tab becomes the leader first).
-    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-    fn forward(&self, writes: Vec<(String, Option<Raw>)>) {
-        if writes.is_empty() {
-            return;
-        }
-        let id = (crate::browser::random() * 9.0e15) as u64;
-        self.unacked.borrow_mut().insert(id, writes.clone());
-        if let Some(tabs) = &*self.tabs.borrow() {
-            tabs.post(&crate::tabs::TabMessage::Write {
-                group: self.group.clone(),
-                id,
-                writes,
-            });
-        }
-    }
-
-    /// Tells the other tabs what the leader's documents are now.
-    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-    fn announce(&self, keys: &[String]) {
-        if self.follower.get() {
-            return;
-        }
-        let (Some(tabs), Some(engine)) = (&*self.tabs.borrow(), &*self.engine.borrow()) else {
-            return;
-        };
-        tabs.post(&crate::tabs::TabMessage::Changed {
-            group: self.group.clone(),
-            docs: keys
-                .iter()
-                .map(|k| (k.clone(), engine.get(k).cloned()))
-                .collect(),
-            pending: engine.pending_len(),
-            online: self.online.get(),
-            last_synced: self.last_synced.get(),
-        });
-    }
-
-    /// A message from another tab of the app about this group.
-    #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-    pub(crate) fn on_tab_message(&self, message: crate::tabs::TabMessage) {
-        use crate::tabs::TabMessage;
-        match message {
-            TabMessage::Write { id, writes, .. } if !self.follower.get() => {
-                self.write_raw(writes, true);
-                if let Some(tabs) = &*self.tabs.borrow() {
-                    tabs.post(&TabMessage::Ack {
-                        group: self.group.clone(),
-                        id,
-                    });
-                }
-            }
-            TabMessage::Ack { id, .. } => {
-                self.unacked.borrow_mut().remove(&id);
-            }
-            TabMessage::Changed {
-                docs,
-                pending,
-                online,
-                last_synced,
-                ..
-            } if self.follower.get() => {
-                if !docs.is_empty()
-                    && let Some(publish) = &*self.publish_values.borrow()
-                {
-                    publish(&docs);
-                }
-                self.status.pending.set(pending);
-                self.status.online.set(online);
-                self.status.last_synced.set(last_synced);
-            }
-            _ => {}
-        }
     }
 
     /// Installs a restored (or new) engine, replays early writes, publishes
@@ -482,7 +452,7 @@ impl Shared {
     /// from it), so they are not decoded back into it.
     fn write_raw(&self, writes: Vec<(String, Option<Raw>)>, republish: bool) {
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-        if self.follower.get() {
+        if !self.leads_now() {
             self.forward(writes);
             return;
         }
@@ -516,7 +486,7 @@ impl Shared {
         // The writes and their queue entries go to the writer (one
         // IndexedDB transaction for them all, in order); the sync loop
         // waits for it before it sends anything.
-        let _written_later = self.handle_with(effects, republish);
+        let _written_later = self.handle_with(effects, republish, Applied::default(), &[]);
         self.wake();
     }
 }
@@ -905,7 +875,17 @@ pub fn use_synced_atom_with_options<T: Document>(
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
         lock: RefCell::new(None),
         #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
-        unacked: RefCell::new(std::collections::BTreeMap::new()),
+        tab: crate::browser::random_id(8),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        lease: std::cell::Cell::new(None),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        lease_mode: std::cell::Cell::new(false),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        seen: RefCell::new(std::collections::BTreeMap::new()),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        outbox_seq: std::cell::Cell::new(0),
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        bad_outbox: RefCell::new(std::collections::BTreeSet::new()),
     });
     #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
     {
@@ -1080,47 +1060,9 @@ fn start(app: &str, shared: Rc<Shared>) {
 /// the loop ends.
 #[cfg(all(not(feature = "ssr"), target_arch = "wasm32"))]
 fn start(app: &str, shared: Rc<Shared>) {
-    use crate::tabs::{Lock, Tabs, lock};
     let (wake, wakes) = futures::channel::mpsc::unbounded();
     *shared.wake.borrow_mut() = Some(wake);
     let weak = Rc::downgrade(&shared);
     drop(shared);
-    let app = app.to_owned();
-    leptos::task::spawn_local(async move {
-        let Some(shared) = weak.upgrade() else { return };
-        *shared.tabs.borrow_mut() = Tabs::open(&app, weak.clone());
-        let name = format!("atomsync:{app}:{}", shared.group);
-        match lock(&name, false).await {
-            Lock::Held(guard) => *shared.lock.borrow_mut() = Some(guard),
-            Lock::Unsupported => {}
-            Lock::Busy => {
-                // Another tab leads: show what it persisted, forward writes,
-                // mirror its changes, and wait for the lock.
-                shared.follower.set(true);
-                crate::sync_loop::load(&app, &shared).await;
-                drop(shared);
-                let held = lock(&name, true).await;
-                let Some(shared) = weak.upgrade() else { return };
-                if let Lock::Held(guard) = held {
-                    *shared.lock.borrow_mut() = Some(guard);
-                }
-                shared.follower.set(false);
-                // Writes the old leader never acknowledged are replayed
-                // into the engine loaded below.
-                let unacked = std::mem::take(&mut *shared.unacked.borrow_mut());
-                shared
-                    .preload
-                    .borrow_mut()
-                    .extend(unacked.into_values().flatten());
-                *shared.engine.borrow_mut() = None;
-                crate::sync_loop::load(&app, &shared).await;
-                drop(shared);
-                crate::sync_loop::run(weak, wakes).await;
-                return;
-            }
-        }
-        crate::sync_loop::load(&app, &shared).await;
-        drop(shared);
-        crate::sync_loop::run(weak, wakes).await;
-    });
+    leptos::task::spawn_local(crate::tabs::run(app.to_owned(), weak, wakes));
 }

@@ -61,7 +61,7 @@ async fn batches_persist_and_load_back_exactly() {
         value: Some(raw("(x . -0.0)")),
     };
     batch.pending.insert(2, Some(change.clone()));
-    db.apply("todo", &batch).unwrap().await.unwrap();
+    db.apply("todo", &batch, &[], None).unwrap().await.unwrap();
 
     // Another group in the same database stays apart.
     let mut other = Batch {
@@ -69,12 +69,18 @@ async fn batches_persist_and_load_back_exactly() {
         ..Batch::default()
     };
     other.docs.insert("k1".to_owned(), Some(doc.clone()));
-    db.apply("settings", &other).unwrap().await.unwrap();
+    db.apply("settings", &other, &[], None)
+        .unwrap()
+        .await
+        .unwrap();
 
     // Removals.
     let mut removal = Batch::default();
     removal.docs.insert("gone".to_owned(), None);
-    db.apply("todo", &removal).unwrap().await.unwrap();
+    db.apply("todo", &removal, &[], None)
+        .unwrap()
+        .await
+        .unwrap();
 
     let (snapshot, problems) = db.load("todo").await.unwrap();
     let snapshot = snapshot.expect("stored");
@@ -104,7 +110,7 @@ async fn bad_records_are_reported_and_kept() {
             epoch: None,
         }),
     );
-    db.apply("todo", &batch).unwrap().await.unwrap();
+    db.apply("todo", &batch, &[], None).unwrap().await.unwrap();
     drop(db);
 
     // Corrupt records written behind the adapter's back.
