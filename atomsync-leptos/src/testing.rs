@@ -5,14 +5,45 @@
 //!   aborted after their writes, as a quota error would abort them.
 //! - [`pushed_keys`]: the keys of every change the hook has pushed, recorded
 //!   before the request leaves.
+//! - [`serve_with`]: the hook's requests are answered by an in-page
+//!   [`FakeServer`] instead of the network.
 
 use std::cell::{Cell, RefCell};
 
-use atomsync_core::protocol::PushRequest;
+use atomsync_core::engine::Failure;
+use atomsync_core::engine::testing::{FakeServer, SimServer};
+use atomsync_core::protocol::{PullRequest, PullResponse, PushRequest, PushResponse};
 
 thread_local! {
     static FAIL_COMMITS: Cell<u32> = const { Cell::new(0) };
     static PUSHED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    static FAKE: RefCell<Option<FakeServer>> = const { RefCell::new(None) };
+}
+
+/// Answers the hook's pushes and pulls with `server` from now on (in this
+/// page), whatever the atom's endpoint.
+pub fn serve_with(server: FakeServer) {
+    FAKE.with(|f| *f.borrow_mut() = Some(server));
+}
+
+/// Stops [`serve_with`]: requests go to the network again.
+pub fn stop_serving() {
+    FAKE.with(|f| *f.borrow_mut() = None);
+}
+
+/// Runs `f` on the fake server of [`serve_with`], if there is one.
+pub fn with_fake_server<R>(f: impl FnOnce(&mut FakeServer) -> R) -> Option<R> {
+    FAKE.with(|fake| fake.borrow_mut().as_mut().map(f))
+}
+
+/// The fake server's answer to a pull, if one serves.
+pub(crate) fn fake_pull(request: &PullRequest) -> Option<Result<PullResponse, Failure>> {
+    with_fake_server(|server| server.pull(request).map_err(Failure::Error))
+}
+
+/// The fake server's answer to a push, if one serves.
+pub(crate) fn fake_push(request: &PushRequest) -> Option<Result<PushResponse, Failure>> {
+    with_fake_server(|server| server.push(request).map_err(Failure::Error))
 }
 
 /// Makes the next `n` IndexedDB write transactions abort.

@@ -27,6 +27,10 @@ pub async fn pull(
     token: Option<String>,
     request: PullRequest,
 ) -> Result<PullResponse, Failure> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(answer) = crate::testing::fake_pull(&request) {
+        return answer;
+    }
     match endpoint {
         Endpoint::ServerFunctions => from_server_fn(crate::server_fns::pull(token, request).await),
         Endpoint::Url(base) => {
@@ -53,6 +57,10 @@ pub async fn push(
 ) -> Result<PushResponse, Failure> {
     #[cfg(feature = "fault-injection")]
     crate::testing::record_push(&request);
+    #[cfg(feature = "fault-injection")]
+    if let Some(answer) = crate::testing::fake_push(&request) {
+        return answer;
+    }
     match endpoint {
         Endpoint::ServerFunctions => from_server_fn(crate::server_fns::push(token, request).await),
         Endpoint::Url(base) => {

@@ -142,7 +142,7 @@ async fn bad_records_are_reported_and_kept() {
     // Nothing was deleted: loading again reports them again.
     let (_, again) = db.load("todo").await.unwrap();
     assert_eq!(again.len(), 2);
-    assert_eq!(SCHEMA_VERSION, 1);
+    assert_eq!(SCHEMA_VERSION, 2);
 }
 
 /// A hook over the app's IndexedDB with no server, ready.
@@ -279,4 +279,183 @@ async fn a_write_whose_transaction_aborts_is_never_pushed_and_is_reported() {
     assert_eq!(keys, ["after", "kept"]);
     assert_eq!(atom.status().pending.get_untracked(), 2);
     owner.cleanup();
+}
+
+/// The persistence contract for pulls (issue #9, finding 2): the first
+/// page's IndexedDB transaction aborts. No later page is asked for before
+/// that page is stored, so the stored cursor never passes documents that
+/// are not stored: the page is pulled again, and a reload without any
+/// server finds every document.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn a_pull_page_whose_transaction_aborts_is_pulled_again() {
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::testing::{fail_next_commits, serve_with, stop_serving};
+    // Two pages: the default page holds 500 documents.
+    let mut server = FakeServer::new();
+    for i in 0..600 {
+        server.put("todo", &format!("k{i:03}"), Some(raw(&format!("\"v{i}\""))));
+    }
+    serve_with(server);
+    let app = format!("test-{}", random_id(6));
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let owner = Owner::new_root(None);
+    owner.set();
+    provide_atomsync(app.clone());
+    // The first write transaction after loading is the first page's.
+    fail_next_commits(1);
+    let atom = {
+        let errors = errors.clone();
+        use_synced_atom_with_options::<String>(
+            "todo",
+            UseSyncedAtomOptions::default()
+                .poll_interval_ms(50)
+                .on_error(move |e| errors.borrow_mut().push(e.to_owned())),
+        )
+    };
+    let deadline = atomsync_leptos::browser::now_ms() + 10_000;
+    while atom.with_untracked(|d| d.len()) < 600 || atom.status().syncing.get_untracked() {
+        assert!(
+            atomsync_leptos::browser::now_ms() < deadline,
+            "not every page arrived: {} documents, errors {:?}",
+            atom.with_untracked(|d| d.len()),
+            errors.borrow()
+        );
+        sleep(10).await;
+    }
+    assert!(
+        errors
+            .borrow()
+            .iter()
+            .any(|e| e.contains("IndexedDB write failed")),
+        "the failure was injected and reported: {:?}",
+        errors.borrow()
+    );
+    sleep(100).await;
+    owner.cleanup();
+    stop_serving();
+
+    // A reload with no server: every document was stored.
+    let (atom, owner) = ready_atom(&app).await;
+    assert_eq!(atom.with_untracked(|d| d.len()), 600);
+    assert_eq!(
+        atom.with_untracked(|d| d.get("k000").cloned()),
+        Some("v0".to_owned())
+    );
+    owner.cleanup();
+}
+
+/// Two atoms of one app and group in one page behave as two tabs: the
+/// second follows the first (the group's Web Lock is taken).
+async fn leader_and_follower(
+    app: &str,
+) -> ((SyncedAtom<String>, Owner), (SyncedAtom<String>, Owner)) {
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let open = |app: String| {
+        let owner = Owner::new_root(None);
+        owner.set();
+        provide_atomsync(app);
+        let atom = use_synced_atom_with_options::<String>(
+            "todo",
+            UseSyncedAtomOptions::default().poll_interval_ms(50),
+        );
+        (atom, owner)
+    };
+    let leader = open(app.to_owned());
+    while !(leader.0.status().ready.get_untracked() && leader.0.status().leader.get_untracked()) {
+        sleep(5).await;
+    }
+    let follower = open(app.to_owned());
+    while !follower.0.status().ready.get_untracked() {
+        sleep(5).await;
+    }
+    assert!(!follower.0.status().leader.get_untracked());
+    (leader, follower)
+}
+
+/// Waits (up to 5 s) until `check` holds.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = atomsync_leptos::browser::now_ms() + 5_000;
+    while !check() {
+        assert!(atomsync_leptos::browser::now_ms() < deadline, "{what}");
+        sleep(10).await;
+    }
+}
+
+/// Issue #9, finding 4: a follower edits a value the leader has changed
+/// meanwhile (the leader's own write, not yet announced to the follower).
+/// The follower's write carries what it saw, so the leader reports a
+/// conflict and keeps the newer value (server wins by default), instead of
+/// overwriting it silently.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn a_follower_write_on_a_stale_value_is_a_reported_conflict() {
+    use atomsync_core::engine::ConflictCause;
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::testing::{serve_with, stop_serving, with_fake_server};
+    let mut server = FakeServer::new();
+    server.put("todo", "milk", Some(raw("\"1\"")));
+    serve_with(server);
+    let app = format!("test-{}", random_id(6));
+    let ((leader, leader_owner), (follower, follower_owner)) = leader_and_follower(&app).await;
+    eventually("both show the server's value", || {
+        leader.with_untracked(|d| d.get("milk").cloned()) == Some("1".to_owned())
+            && follower.with_untracked(|d| d.get("milk").cloned()) == Some("1".to_owned())
+    })
+    .await;
+    // No await between the two: the follower has not heard of "3".
+    leader.insert("milk", "3".to_owned());
+    follower.insert("milk", "2".to_owned());
+    eventually("the conflict to be reported", || {
+        !leader.status().conflicts.get_untracked().is_empty()
+    })
+    .await;
+    let conflicts = leader.status().conflicts.get_untracked();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].cause, ConflictCause::Concurrent);
+    assert_eq!(conflicts[0].local, Some(raw("\"2\"")));
+    assert_eq!(conflicts[0].server, Some(raw("\"3\"")));
+    eventually("everything to be pushed and shown", || {
+        leader.status().pending.get_untracked() == 0
+            && follower.with_untracked(|d| d.get("milk").cloned()) == Some("3".to_owned())
+    })
+    .await;
+    let on_server = with_fake_server(|s| s.document("todo", "milk")).flatten();
+    assert_eq!(on_server.and_then(|d| d.value), Some(raw("\"3\"")));
+    // The follower sees the report too.
+    eventually("the follower to show the conflict", || {
+        follower.status().conflicts.get_untracked().len() == 1
+    })
+    .await;
+    follower_owner.cleanup();
+    leader_owner.cleanup();
+    stop_serving();
+}
+
+/// A follower's write on the current value is applied by the leader and
+/// pushed (through the IndexedDB outbox), and shown by both.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn a_follower_write_reaches_the_server_through_the_leader() {
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::testing::{serve_with, stop_serving, with_fake_server};
+    serve_with(FakeServer::new());
+    let app = format!("test-{}", random_id(6));
+    let ((leader, leader_owner), (follower, follower_owner)) = leader_and_follower(&app).await;
+    follower.insert("bread", "from the follower".to_owned());
+    eventually("the leader to push it", || {
+        with_fake_server(|s| s.document("todo", "bread"))
+            .flatten()
+            .is_some_and(|d| d.value == Some(raw("\"from the follower\"")))
+    })
+    .await;
+    assert_eq!(
+        leader.with_untracked(|d| d.get("bread").cloned()),
+        Some("from the follower".to_owned())
+    );
+    assert!(leader.status().conflicts.get_untracked().is_empty());
+    follower_owner.cleanup();
+    leader_owner.cleanup();
+    stop_serving();
 }

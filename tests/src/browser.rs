@@ -186,6 +186,11 @@ impl Demo {
         self.child = Some(child);
     }
 
+    /// The port the app listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The app's URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
