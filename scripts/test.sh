@@ -11,6 +11,8 @@ cargo fmt --manifest-path examples/starter/Cargo.toml -- --check
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --all-targets -- -D warnings
 cargo clippy -p atomsync-leptos --features ssr --all-targets -- -D warnings
+cargo clippy -p demo --features ssr --all-targets -- -D warnings
+cargo clippy -p demo --features hydrate --target wasm32-unknown-unknown -- -D warnings
 (cd examples/starter &&
   cargo clippy --features ssr -- -D warnings &&
   cargo clippy --features hydrate --target wasm32-unknown-unknown -- -D warnings)

@@ -305,11 +305,21 @@ pub(crate) async fn run(app: String, weak: Weak<Shared>, mut wakes: UnboundedRec
             drop(shared);
             continue_as_leader(&app, &weak).await;
         }
-        if weak.upgrade().is_some_and(|s| s.lease_mode.get()) {
+        // With a lease: renewed while leading, and given up when the atom
+        // is disposed (a route change), so that another tab leads at once.
+        let lease = weak.upgrade().and_then(|shared| {
+            let db = shared.db.borrow().clone();
+            db.filter(|_| shared.lease_mode.get())
+                .map(|db| (db, shared.group.clone()))
+        });
+        if lease.is_some() {
             leptos::task::spawn_local(renew(weak.clone()));
         }
         // Returns when the atom is gone, or when this tab stepped down.
         if !crate::sync_loop::run(weak.clone(), &mut wakes).await {
+            if let Some((db, group)) = lease {
+                db.release_lease(&group);
+            }
             return;
         }
         leads = false;
