@@ -475,12 +475,25 @@ impl Shared {
                 match (result, &mut effects) {
                     (Ok(step), Some(all)) => all.merge(step),
                     (Ok(step), None) => effects = Some(step),
-                    (Err(e), _) => refused.push(format!("write of {key:?} refused: {e}")),
+                    (Err(e), _) => {
+                        let message = format!("write of {key:?} refused: {e}");
+                        refused.push((key, message));
+                    }
                 }
             }
         }
-        for message in refused {
-            self.report_error(message);
+        if !refused.is_empty() {
+            // The signal shows what is stored again: a refused write (too
+            // large to push, an invalid key) is reported, never kept as if
+            // it were saved.
+            let keys: Vec<String> = refused.iter().map(|(key, _)| key.clone()).collect();
+            if let (Some(engine), Some(publish)) = (&*self.engine.borrow(), &*self.publish.borrow())
+            {
+                publish(engine, &keys);
+            }
+            for (_, message) in refused {
+                self.report_error(message);
+            }
         }
         let Some(effects) = effects else { return };
         // The writes and their queue entries go to the writer (one

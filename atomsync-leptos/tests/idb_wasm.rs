@@ -459,3 +459,58 @@ async fn a_follower_write_reaches_the_server_through_the_leader() {
     leader_owner.cleanup();
     stop_serving();
 }
+
+/// Issue #9, finding 7: a document larger than a push may carry is refused
+/// alone, with a report naming it, and the signal shows the stored value
+/// again; every other key keeps syncing.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn an_oversized_document_is_refused_alone_and_reported() {
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::testing::{serve_with, stop_serving, with_fake_server};
+    serve_with(FakeServer::new());
+    let app = format!("test-{}", random_id(6));
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let owner = Owner::new_root(None);
+    owner.set();
+    provide_atomsync(app.clone());
+    let atom = {
+        let errors = errors.clone();
+        use_synced_atom_with_options::<String>(
+            "todo",
+            UseSyncedAtomOptions::default()
+                .poll_interval_ms(50)
+                .on_error(move |e| errors.borrow_mut().push(e.to_owned())),
+        )
+    };
+    eventually("ready", || atom.status().ready.get_untracked()).await;
+    atom.insert("small", "fits".to_owned());
+    atom.update(|docs| {
+        docs.insert("huge", "x".repeat(5 << 20));
+        docs.insert("next", "fits too".to_owned());
+    });
+    eventually("the others to be pushed", || {
+        with_fake_server(|s| {
+            s.document("todo", "small").is_some() && s.document("todo", "next").is_some()
+        }) == Some(true)
+    })
+    .await;
+    assert!(
+        with_fake_server(|s| s.document("todo", "huge"))
+            .flatten()
+            .is_none()
+    );
+    assert!(
+        errors
+            .borrow()
+            .iter()
+            .any(|e| e.contains("\"huge\"") && e.contains("refused")),
+        "{:?}",
+        errors.borrow()
+    );
+    assert!(atom.with_untracked(|d| !d.contains_key("huge")));
+    assert_eq!(atom.status().pending.get_untracked(), 0);
+    owner.cleanup();
+    stop_serving();
+}
