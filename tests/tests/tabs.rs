@@ -118,6 +118,43 @@ async fn a_follower_write_made_while_no_tab_leads_is_synced_by_the_next_leader()
     browser.close().await;
 }
 
+/// Finding 3 of #9, the race itself: three tabs; the leader closes and a
+/// follower writes at once, before the other follower has taken over. The
+/// write is shown, survives the hand-over and reaches the server; both
+/// followers end up showing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_writing_as_the_leader_closes_loses_nothing() {
+    let demo = Demo::start().await;
+    let browser = Browser::start().await;
+    browser.open(&demo.url()).await;
+    let leader = browser.client.window().await.expect("the first tab");
+    assert!(leads(&browser).await);
+    let first = new_tab(&browser, &demo.url()).await;
+    let second = new_tab(&browser, &demo.url()).await;
+    assert!(!leads(&browser).await);
+
+    // Close the leader and write in the second follower straight away.
+    close_tab(&browser, &leader, &second).await;
+    browser.add_todo("Written at the hand-over", "", "", "1").await;
+    browser
+        .wait_for("the follower to show its write", || async {
+            browser.titles().await == ["Written at the hand-over"]
+        })
+        .await;
+    for tab in [&first, &second] {
+        switch(&browser, tab).await;
+        browser
+            .wait_for("every tab to show the write, pushed", || async {
+                browser.titles().await == ["Written at the hand-over"]
+                    && browser.pending().await == Some(0)
+            })
+            .await;
+    }
+    let title = vec!["Written at the hand-over".to_owned()];
+    assert_eq!(server_titles(&demo, &title).await, title);
+    browser.close().await;
+}
+
 /// Finding 5 of #9: on a plain-http origin that is not localhost there are
 /// no Web Locks. Two tabs write offline; both writes survive both tabs
 /// closing and reach the server once it is back. Before the lease, both tabs
