@@ -59,6 +59,7 @@ pub mod browser;
 pub mod codec;
 mod docs;
 mod features;
+mod fn_client;
 #[cfg(feature = "ssr")]
 mod guard;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
