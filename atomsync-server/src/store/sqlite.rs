@@ -1,4 +1,5 @@
-//! [`Store`]: the documents of every group in one SQLite database.
+//! The SQLite backend of [`Store`](super::Store): the documents of every
+//! group in one SQLite file (or in memory).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,6 +12,10 @@ use atomsync_core::sexpr::Raw;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::{
+    StoreOptions, StoreStats, Synchronous, check_cursor, new_epoch, stored_value, unix_seconds,
+    validate_push, value_hash,
+};
 use crate::history::{self, HighWater};
 use crate::{Error, Result};
 
@@ -54,145 +59,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE meta ADD COLUMN restore_label TEXT;",
 ];
 
-/// SQLite's `synchronous` setting: how hard a commit waits for the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Synchronous {
-    /// Every commit is on disk before it is acknowledged, even across a power
-    /// failure. The default.
-    #[default]
-    Full,
-    /// Commits survive a crash of the process; the last ones may be lost on a
-    /// power failure (WAL mode).
-    Normal,
-    /// No syncing at all: for tests and in-process simulations only.
-    Off,
-}
-
-impl Synchronous {
-    fn pragma(self) -> &'static str {
-        match self {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Off => "OFF",
-        }
-    }
-}
-
-/// How a [`Store`] opens its database.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct StoreOptions {
-    /// Durability of commits; [`Synchronous::Full`] by default.
-    pub synchronous: Synchronous,
-    /// A pull page ends once its keys and values add up to this many bytes
-    /// (8 MiB by default), whatever its limit, so that a group of large
-    /// documents is read in several pages. A page always holds at least one
-    /// document.
-    pub max_pull_bytes: usize,
-    /// The operator's declaration that the database was restored (together
-    /// with its high-water mark, which the store cannot notice by itself;
-    /// see `docs/protocol.md`), with a label naming the restore (a date, a
-    /// ticket): the database gets a new epoch when it opens, so that every
-    /// client resets, once per label. The label is kept in the database, so
-    /// a declaration left in place does nothing on later starts. `None` by
-    /// default.
-    pub new_epoch: Option<String>,
-    /// How long tombstones (deleted documents) are kept before
-    /// [`Store::purge_tombstones`] may delete them; `None` keeps them for
-    /// ever. 30 days by default. A client whose cursor is older than a purged
-    /// tombstone is told to pull from the beginning.
-    pub tombstone_horizon: Option<Duration>,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            synchronous: Synchronous::default(),
-            max_pull_bytes: 8 << 20,
-            new_epoch: None,
-            tombstone_horizon: Some(Duration::from_secs(30 * 24 * 3600)),
-        }
-    }
-}
-
-impl StoreOptions {
-    /// Sets [`StoreOptions::max_pull_bytes`].
-    pub fn max_pull_bytes(mut self, bytes: usize) -> Self {
-        self.max_pull_bytes = bytes;
-        self
-    }
-
-    /// Sets [`StoreOptions::synchronous`].
-    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
-        self.synchronous = synchronous;
-        self
-    }
-
-    /// Sets [`StoreOptions::new_epoch`].
-    pub fn new_epoch(mut self, label: Option<String>) -> Self {
-        self.new_epoch = label;
-        self
-    }
-
-    /// Sets [`StoreOptions::tombstone_horizon`].
-    pub fn tombstone_horizon(mut self, horizon: Option<Duration>) -> Self {
-        self.tombstone_horizon = horizon;
-        self
-    }
-}
-
-/// Row counts of a [`Store`], for diagnostics and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct StoreStats {
-    /// Documents with a value.
-    pub documents: u64,
-    /// Deleted documents still kept (tombstones).
-    pub tombstones: u64,
-    /// Decided mutations remembered for retries.
-    pub mutations: u64,
-}
-
-/// The documents of every group, in one SQLite database.
-///
-/// A document is `(group, key, value, version)`: the value is canonical
-/// S-expression text, or `NULL` for a deleted document (a tombstone, which
-/// keeps its version so the deletion propagates). Every accepted change gets
-/// the next number of a global, strictly increasing change counter; the pair
-/// (database epoch, change number) is the clients' [`Cursor`].
-///
-/// The store is blocking: async code reaches it through
-/// [`SyncService`](crate::SyncService), which runs it on its own thread.
-///
-/// ## Usage
-///
-/// ```
-/// use atomsync_core::protocol::{Change, PullRequest, PushRequest, ChangeResult};
-/// use atomsync_core::sexpr::Raw;
-/// use atomsync_server::Store;
-///
-/// let mut store = Store::open_in_memory()?;
-/// let response = store.push(&PushRequest {
-///     group: "todo".into(),
-///     client_id: "c1".into(),
-///     changes: vec![Change {
-///         mutation: 1,
-///         key: "a".into(),
-///         base_version: 0,
-///         value: Some(Raw::from_text("42").unwrap()),
-///     }],
-///     low_water: None,
-///     epoch: None,
-/// })?;
-/// assert!(matches!(response.results[0], ChangeResult::Accepted { version: 1, .. }));
-/// let page = store.pull(&PullRequest { group: "todo".into(), since: None, limit: None })?;
-/// assert_eq!(page.documents.len(), 1);
-/// assert_eq!(page.cursor, store.cursor());
-/// # Ok::<(), atomsync_server::Error>(())
-/// ```
+/// The documents of every group in one SQLite database: the embedded
+/// backend of [`Store`](super::Store), blocking, one connection.
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct SqliteStore {
     conn: Connection,
     epoch: String,
     seq: u64,
@@ -210,31 +80,36 @@ pub struct Store {
     new_epoch_reason: Option<String>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (or creates) the database at `path` and brings its schema up to
     /// date.
     ///
     /// If history may have been lost since the database was last open (see
-    /// [`Store::new_epoch_reason`]), or [`StoreOptions::new_epoch`] asks for
+    /// [`SqliteStore::new_epoch_reason`]), or [`StoreOptions::new_epoch`] asks for
     /// it, the database gets a new epoch, so that every client pulls from
     /// the beginning.
-    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+    pub(crate) fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<SqliteStore> {
         let path = path.as_ref();
         let conn = Connection::open(path)?;
-        Store::setup(conn, &options, Some(path))
+        SqliteStore::setup(conn, &options, Some(path))
     }
 
     /// Opens a fresh database in memory, for tests and simulations.
-    pub fn open_in_memory() -> Result<Store> {
-        Store::open_in_memory_with(&StoreOptions::default())
+    #[cfg(test)]
+    pub(crate) fn open_in_memory() -> Result<SqliteStore> {
+        SqliteStore::open_in_memory_with(&StoreOptions::default())
     }
 
     /// Opens a fresh database in memory with `options`.
-    pub fn open_in_memory_with(options: &StoreOptions) -> Result<Store> {
-        Store::setup(Connection::open_in_memory()?, options, None)
+    pub(crate) fn open_in_memory_with(options: &StoreOptions) -> Result<SqliteStore> {
+        SqliteStore::setup(Connection::open_in_memory()?, options, None)
     }
 
-    fn setup(mut conn: Connection, options: &StoreOptions, path: Option<&Path>) -> Result<Store> {
+    fn setup(
+        mut conn: Connection,
+        options: &StoreOptions,
+        path: Option<&Path>,
+    ) -> Result<SqliteStore> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // `journal_mode` answers with the mode in force ("memory" in memory).
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -281,7 +156,7 @@ impl Store {
             Some(path) => Some(HighWater::create(path, &epoch, seq)?),
             None => None,
         };
-        Ok(Store {
+        Ok(SqliteStore {
             conn,
             epoch,
             seq,
@@ -296,12 +171,12 @@ impl Store {
 
     /// Why opening gave the database a new epoch (history may have been
     /// lost, or [`StoreOptions::new_epoch`]); `None` if it kept its epoch.
-    pub fn new_epoch_reason(&self) -> Option<&str> {
+    pub(crate) fn new_epoch_reason(&self) -> Option<&str> {
         self.new_epoch_reason.as_deref()
     }
 
     /// Row counts: documents, tombstones, remembered mutations.
-    pub fn stats(&self) -> Result<StoreStats> {
+    pub(crate) fn stats(&self) -> Result<StoreStats> {
         let count = |sql: &str| -> Result<u64> {
             Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
         };
@@ -317,7 +192,7 @@ impl Store {
     /// could miss the deletion). A purge takes a change number (so the
     /// high-water mark moves, and a copy from before it counts as older).
     /// Returns how many were deleted.
-    pub fn purge_tombstones(&mut self, cutoff: SystemTime) -> Result<u64> {
+    pub(crate) fn purge_tombstones(&mut self, cutoff: SystemTime) -> Result<u64> {
         let cutoff = unix_seconds(cutoff);
         let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
         let (count, max_seq, max_version) = tx.query_row(
@@ -355,9 +230,9 @@ impl Store {
         Ok(count)
     }
 
-    /// [`Store::purge_tombstones`] of the tombstones older than
+    /// [`SqliteStore::purge_tombstones`] of the tombstones older than
     /// [`StoreOptions::tombstone_horizon`] (none without a horizon).
-    pub fn purge_expired_tombstones(&mut self) -> Result<u64> {
+    pub(crate) fn purge_expired_tombstones(&mut self) -> Result<u64> {
         match self.tombstone_horizon {
             Some(horizon) => {
                 let cutoff = SystemTime::now().checked_sub(horizon).unwrap_or(UNIX_EPOCH);
@@ -368,12 +243,12 @@ impl Store {
     }
 
     /// The identity of this database, created with it.
-    pub fn epoch(&self) -> &str {
+    pub(crate) fn epoch(&self) -> &str {
         &self.epoch
     }
 
     /// The cursor after the last accepted change.
-    pub fn cursor(&self) -> Cursor {
+    pub(crate) fn cursor(&self) -> Cursor {
         self.cursor_at(self.seq)
     }
 
@@ -399,7 +274,7 @@ impl Store {
     /// [`Error::BadRequest`] for an invalid group or a zero limit;
     /// [`Error::CursorReset`] for a cursor of another database, or beyond
     /// this database's last change.
-    pub fn pull(&mut self, request: &PullRequest) -> Result<PullResponse> {
+    pub(crate) fn pull(&mut self, request: &PullRequest) -> Result<PullResponse> {
         protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
         let limit = match request.limit {
             None => protocol::DEFAULT_PULL_LIMIT,
@@ -470,7 +345,7 @@ impl Store {
     /// mutation number or batch size; [`Error::MutationReused`] for a
     /// mutation number decided before for a change with other content.
     /// Nothing is applied then.
-    pub fn push(&mut self, request: &PushRequest) -> Result<PushResponse> {
+    pub(crate) fn push(&mut self, request: &PushRequest) -> Result<PushResponse> {
         validate_push(request)?;
         if let Some(epoch) = &request.epoch
             && *epoch != self.epoch
@@ -676,7 +551,7 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Some(mark) = &mut self.mark
             && let Err(e) = mark.close(self.seq)
@@ -778,105 +653,6 @@ fn read_seq(conn: &Connection) -> Result<u64> {
     Ok(seq as u64)
 }
 
-/// A random database identity: 128 bits as 32 hex digits.
-fn new_epoch() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Internal(format!("no random numbers for the epoch: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn check_cursor(cursor: &Cursor, epoch: &str, latest: u64, purged: u64) -> Result<u64> {
-    if cursor.epoch != epoch {
-        return Err(Error::CursorReset(
-            "the cursor belongs to another database: pull again from the beginning".to_owned(),
-        ));
-    }
-    if cursor.seq > latest {
-        return Err(Error::CursorReset(format!(
-            "the cursor is beyond this database's last change ({latest}): \
-             pull again from the beginning"
-        )));
-    }
-    // Below the floor, and handed out before it rose: its holder may have
-    // missed a deletion. (One handed out since comes from a pull from the
-    // beginning, which misses nothing by skipping a purged tombstone.)
-    if cursor.seq < purged && cursor.floor < purged {
-        return Err(Error::CursorReset(format!(
-            "the cursor is older than the tombstone horizon (deletions up to change {purged} \
-             were purged): pull again from the beginning"
-        )));
-    }
-    Ok(cursor.seq)
-}
-
-/// Seconds since the Unix epoch (0 before it).
-fn unix_seconds(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// The stable hash of a change's value, kept to tell a retried mutation from
-/// a reused number (`None`, a delete, hashes apart from every text).
-fn value_hash(value: Option<&Raw>) -> i64 {
-    match value {
-        Some(raw) => history::fnv1a(raw.as_str().as_bytes()) as i64,
-        None => -1,
-    }
-}
-
-/// A stored value back as a datum. Stored text was validated (and made
-/// canonical) when it was written, so it is not parsed again.
-fn stored_value(text: Option<String>) -> Option<Raw> {
-    text.map(Raw::from_trusted)
-}
-
-pub(crate) fn validate_push(request: &PushRequest) -> Result<()> {
-    protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
-    let id = &request.client_id;
-    if id.is_empty() || id.len() > protocol::MAX_CLIENT_ID_LEN {
-        return Err(Error::BadRequest(format!(
-            "client id must be 1 to {} bytes long",
-            protocol::MAX_CLIENT_ID_LEN
-        )));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(Error::BadRequest(
-            "client id must not contain control characters".to_owned(),
-        ));
-    }
-    if request.changes.len() > protocol::MAX_PUSH_CHANGES {
-        return Err(Error::BadRequest(format!(
-            "a push may carry at most {} changes, this one has {}",
-            protocol::MAX_PUSH_CHANGES,
-            request.changes.len()
-        )));
-    }
-    for (index, change) in request.changes.iter().enumerate() {
-        protocol::validate_key(&change.key)
-            .map_err(|e| Error::BadRequest(format!("change {index}: {e}")))?;
-        if change.base_version > protocol::MAX_VERSION {
-            return Err(Error::BadRequest(format!(
-                "change {index}: base_version must be at most {}",
-                protocol::MAX_VERSION
-            )));
-        }
-        if change.mutation > protocol::MAX_VERSION {
-            return Err(Error::BadRequest(format!(
-                "change {index}: mutation must be at most {}",
-                protocol::MAX_VERSION
-            )));
-        }
-    }
-    if request.low_water.is_some_and(|l| l > protocol::MAX_VERSION) {
-        return Err(Error::BadRequest(format!(
-            "low_water must be at most {}",
-            protocol::MAX_VERSION
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -894,7 +670,7 @@ mod tests {
         }
     }
 
-    fn push(store: &mut Store, client: &str, changes: Vec<Change>) -> Result<PushResponse> {
+    fn push(store: &mut SqliteStore, client: &str, changes: Vec<Change>) -> Result<PushResponse> {
         store.push(&PushRequest {
             group: "g".to_owned(),
             client_id: client.to_owned(),
@@ -904,7 +680,11 @@ mod tests {
         })
     }
 
-    fn pull(store: &mut Store, since: Option<Cursor>, limit: Option<u32>) -> Result<PullResponse> {
+    fn pull(
+        store: &mut SqliteStore,
+        since: Option<Cursor>,
+        limit: Option<u32>,
+    ) -> Result<PullResponse> {
         store.pull(&PullRequest {
             group: "g".to_owned(),
             since,
@@ -959,19 +739,19 @@ mod tests {
     fn a_database_newer_than_the_server_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        drop(Store::open(&path, StoreOptions::default()).unwrap());
+        drop(SqliteStore::open(&path, StoreOptions::default()).unwrap());
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
             .unwrap();
         drop(conn);
-        let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+        let err = SqliteStore::open(&path, StoreOptions::default()).unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err}");
     }
 
     #[test]
     fn pragmas_are_set() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
+        let store = SqliteStore::open(
             dir.path().join("db"),
             StoreOptions::default().synchronous(Synchronous::Normal),
         )
@@ -997,22 +777,22 @@ mod tests {
     fn epoch_and_data_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
         let cursor = store.cursor();
         drop(store);
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.cursor(), cursor);
         let page = pull(&mut store, None, None).unwrap();
         assert_eq!(page.documents.len(), 1);
         // A new database has another epoch.
-        let other = Store::open(dir.path().join("other"), StoreOptions::default()).unwrap();
+        let other = SqliteStore::open(dir.path().join("other"), StoreOptions::default()).unwrap();
         assert_ne!(other.epoch(), store.epoch());
     }
 
     #[test]
     fn versions_count_up_and_stale_writes_conflict() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         let r = push(&mut store, "c", vec![change(1, "k", 0, Some("(a)"))]).unwrap();
         assert_eq!(accepted_version(&r.results[0]), Some(1));
         assert_eq!(r.cursor.seq, 1);
@@ -1046,7 +826,7 @@ mod tests {
 
     #[test]
     fn the_largest_version_is_a_conflict_not_an_overflow() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         let max = protocol::MAX_VERSION;
         let r = push(&mut store, "c", vec![change(1, "k", max, Some("1"))]).unwrap();
         assert!(matches!(
@@ -1063,7 +843,7 @@ mod tests {
 
     #[test]
     fn deletes_are_tombstones_that_keep_their_version() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
         let r = push(&mut store, "c", vec![change(2, "k", 1, None)]).unwrap();
         assert_eq!(accepted_version(&r.results[0]), Some(2));
@@ -1095,7 +875,7 @@ mod tests {
 
     #[test]
     fn changes_of_a_batch_apply_in_order() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         let r = push(
             &mut store,
             "c",
@@ -1113,7 +893,7 @@ mod tests {
 
     #[test]
     fn retried_mutations_get_the_same_answer_and_apply_once() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         let batch = vec![change(1, "k", 0, Some("1")), change(2, "j", 5, Some("1"))];
         let first = push(&mut store, "c", batch.clone()).unwrap();
         // Someone else changes k meanwhile.
@@ -1154,7 +934,7 @@ mod tests {
 
     #[test]
     fn low_water_marks_forget_settled_answers() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         let mut request = PushRequest {
             group: "g".to_owned(),
             client_id: "c".to_owned(),
@@ -1183,7 +963,7 @@ mod tests {
 
     #[test]
     fn purged_tombstones_reset_cursors_that_could_miss_them() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         push(
             &mut store,
             "c",
@@ -1257,7 +1037,7 @@ mod tests {
     fn the_purge_floor_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         push(&mut store, "c", vec![change(1, "a", 0, Some("1"))]).unwrap();
         push(&mut store, "c", vec![change(2, "a", 1, None)]).unwrap();
         store
@@ -1265,7 +1045,7 @@ mod tests {
             .unwrap();
         let cursor = store.cursor();
         drop(store);
-        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.cursor(), cursor);
         assert_eq!(store.new_epoch_reason(), None);
     }
@@ -1278,20 +1058,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let copy = dir.path().join("copy");
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.new_epoch_reason(), None, "a new database");
         push(&mut store, "c", vec![change(1, "a", 0, Some("1"))]).unwrap();
         let epoch = store.epoch().to_owned();
         drop(store);
         std::fs::copy(&path, &copy).unwrap();
         // Reopened as it was: same epoch.
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.epoch(), epoch);
         push(&mut store, "c", vec![change(2, "b", 0, Some("1"))]).unwrap();
         drop(store);
         // The older copy put back: a new epoch, the data as in the copy.
         std::fs::copy(&copy, &path).unwrap();
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_ne!(store.epoch(), epoch);
         assert!(
             store.new_epoch_reason().unwrap().contains("change 2"),
@@ -1304,28 +1084,28 @@ mod tests {
         // The database copied elsewhere without its mark: a new epoch too.
         let moved = dir.path().join("moved");
         std::fs::copy(&path, &moved).unwrap();
-        let store = Store::open(&moved, StoreOptions::default()).unwrap();
+        let store = SqliteStore::open(&moved, StoreOptions::default()).unwrap();
         assert_ne!(store.epoch(), second);
         drop(store);
         // The operator declares a restore: once per label, so a declaration
         // left in the service's flags does not reset every client again.
         let declare = |label: &str| StoreOptions::default().new_epoch(Some(label.to_owned()));
-        let store = Store::open(&path, declare("restore-1")).unwrap();
+        let store = SqliteStore::open(&path, declare("restore-1")).unwrap();
         assert_ne!(store.epoch(), second);
         assert!(store.new_epoch_reason().unwrap().contains("operator"));
         let third = store.epoch().to_owned();
         drop(store);
-        let store = Store::open(&path, declare("restore-1")).unwrap();
+        let store = SqliteStore::open(&path, declare("restore-1")).unwrap();
         assert_eq!(store.epoch(), third, "the same label again: nothing");
         assert_eq!(store.new_epoch_reason(), None);
         drop(store);
-        let store = Store::open(&path, declare("restore-2")).unwrap();
+        let store = SqliteStore::open(&path, declare("restore-2")).unwrap();
         assert_ne!(store.epoch(), third, "a new label: a new epoch");
     }
 
     #[test]
     fn a_rejected_batch_changes_nothing() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
         let before = store.cursor();
         // The second change reuses mutation 1 for another key: the whole
@@ -1346,7 +1126,7 @@ mod tests {
 
     #[test]
     fn invalid_pushes_are_bad_requests() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         let ok = PushRequest {
             group: "g".to_owned(),
             client_id: "c".to_owned(),
@@ -1396,7 +1176,7 @@ mod tests {
 
     #[test]
     fn pull_pages_through_changes_in_order() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         for i in 0..10u64 {
             push(
                 &mut store,
@@ -1445,7 +1225,7 @@ mod tests {
 
     #[test]
     fn pull_limits() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         let err = pull(&mut store, None, Some(0)).unwrap_err();
         assert!(matches!(err, Error::BadRequest(_)));
         let changes: Vec<_> = (0..1000)
@@ -1482,7 +1262,7 @@ mod tests {
     fn pages_end_at_the_byte_budget() {
         let dir = tempfile::tempdir().unwrap();
         let options = StoreOptions::default().max_pull_bytes(1000);
-        let mut store = Store::open(dir.path().join("db"), options).unwrap();
+        let mut store = SqliteStore::open(dir.path().join("db"), options).unwrap();
         let big = format!("\"{}\"", "x".repeat(600));
         let changes = (0..5)
             .map(|i| change(i + 1, &format!("k{i}"), 0, Some(&big)))
@@ -1496,7 +1276,7 @@ mod tests {
         // A single document larger than the budget still makes a page.
         let options = StoreOptions::default().max_pull_bytes(10);
         drop(store);
-        let mut store = Store::open(dir.path().join("db"), options).unwrap();
+        let mut store = SqliteStore::open(dir.path().join("db"), options).unwrap();
         let page = pull(&mut store, None, None).unwrap();
         assert_eq!(page.documents.len(), 1);
         assert!(page.more);
@@ -1504,7 +1284,7 @@ mod tests {
 
     #[test]
     fn foreign_or_future_cursors_reset() {
-        let mut store = Store::open_in_memory().unwrap();
+        let mut store = SqliteStore::open_in_memory().unwrap();
         push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
         let foreign = Cursor::new("0123abcd", 1);
         assert!(matches!(
