@@ -284,8 +284,11 @@ impl PgStore {
     }
 
     pub(crate) fn listener(&self) -> Listener {
+        let mut config = self.config.clone();
+        // Named apart, for operators (and tests) to find it.
+        config.application_name("atomsync-listener");
         Listener {
-            config: self.config.clone(),
+            config,
             instance: self.instance.clone(),
         }
     }
