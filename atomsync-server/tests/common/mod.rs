@@ -39,6 +39,15 @@ impl Backend {
         SyncService::new(self.store())
     }
 
+    /// Where a fresh durable database is: a SQLite file in `dir`, or a new
+    /// PostgreSQL database's URL.
+    pub fn location(self, dir: &Path) -> String {
+        match self {
+            Backend::Sqlite => dir.join("db").display().to_string(),
+            Backend::Postgres => pg::fresh_database(),
+        }
+    }
+
     /// A fresh service on a durable store: a SQLite file at `path` (without
     /// syncing), or a new PostgreSQL database.
     pub fn file_service(self, path: &Path) -> SyncService {
@@ -77,6 +86,11 @@ macro_rules! on_both_backends {
             #[allow(dead_code)]
             fn service() -> atomsync_server::SyncService {
                 backend().service()
+            }
+
+            #[allow(dead_code)]
+            fn location(dir: &std::path::Path) -> String {
+                backend().location(dir)
             }
 
             #[allow(dead_code)]
