@@ -4,7 +4,9 @@
 //! `ATOMSYNC_SEED=n` replays seed `n` with a trace; `ATOMSYNC_SIM_SEEDS=n`
 //! runs `n` seeds (default 1000).
 
-use atomsync_core::engine::testing::{FakeServer, SimConfig, run_seeds};
+use atomsync_core::engine::testing::{
+    FakeServer, Mutant, SimConfig, SimError, run_seeds, simulate,
+};
 
 #[test]
 fn engines_converge_under_faults() {
@@ -16,4 +18,43 @@ fn engines_converge_under_faults() {
     );
     eprintln!("{stats:#?}");
     stats.assert_faults_happened();
+}
+
+/// The first failing run of `config` among `seeds` seeds.
+fn first_failure(config: &SimConfig, seeds: u64) -> Option<SimError> {
+    (0..seeds).find_map(|seed| simulate(seed, FakeServer::new(), config).err())
+}
+
+/// Mutant: the adapter sends before its storage committed what the request
+/// depends on (issue 9, finding 1). The send check catches it at once.
+#[test]
+fn checker_catches_a_send_before_commit() {
+    let config = SimConfig {
+        mutant: Some(Mutant::SendBeforeCommit),
+        ..SimConfig::default()
+    };
+    let error = first_failure(&config, 50).expect("a send before commit is caught");
+    assert!(
+        error.message.contains("that the storage does not hold"),
+        "{error}"
+    );
+}
+
+/// The same mutant with the send check off: its consequences (a write lost
+/// without a report, a mutation number reused, a stored cursor past
+/// documents not stored) are caught by the end-to-end checks too.
+#[test]
+fn consequences_of_a_send_before_commit_are_caught() {
+    let config = SimConfig {
+        mutant: Some(Mutant::SendBeforeCommit),
+        check_sends: false,
+        ..SimConfig::default()
+    };
+    let error = first_failure(&config, 300).expect("a send before commit is caught");
+    let caught = [
+        "reused mutation number",
+        "lost without a conflict report",
+        "stored cursor",
+    ];
+    assert!(caught.iter().any(|c| error.message.contains(c)), "{error}");
 }

@@ -7,10 +7,26 @@
 //! of pushes, restoring from their storage). The server is also put back to
 //! an earlier copy of its database (a restored backup, or the loss of its last
 //! commits), purges its tombstones, and clients lose their storage and come
-//! back with the same client id (numbering their changes again). Then the
+//! back with the same client id (numbering their changes again).
+//!
+//! Storage is asynchronous, as IndexedDB is: every batch is a transaction
+//! that commits some milliseconds later, in order. The modelled adapter
+//! shows local writes at once and waits for its storage to commit before it
+//! sends anything. A transaction can fail (the engine is then dropped and
+//! restored from the last committed state, and the writes lost are
+//! reported), and the process can die while transactions are uncommitted or
+//! right after a commit, before it sent anything. Then the
 //! faults stop and everyone syncs until nothing changes, and the simulation
 //! checks:
 //!
+//! - nothing sent depends on state the storage has not committed (client
+//!   id, pending changes and their numbers, the pull cursor);
+//! - no client id numbers two different changes alike, by the checker's own
+//!   record of what reached the server (an engine that lost its storage
+//!   does, and must be refused by the server);
+//! - no stored cursor points past documents not stored: after every commit
+//!   that moves it, every document whose last change is at or before it is
+//!   stored at the server's version;
 //! - every engine holds exactly the server's documents (values and versions,
 //!   tombstones included, except tombstones the server purged), has nothing
 //!   pending, and its storage holds exactly its state;
@@ -21,19 +37,22 @@
 //!   are void;
 //! - every conflict was reported: each local write was accepted by the
 //!   server, overwritten locally while still visible, reported as the local
-//!   value of a conflict, or (a delete) refused against a deleted document;
+//!   value of a conflict, reported lost with a failed transaction, or (a
+//!   delete) refused against a deleted document. A write shown but not
+//!   committed when the process died is the one known exception: it is
+//!   counted ([`SimStats::shown_writes_lost_in_crash`]), not failed;
 //! - the cursor never skipped a change: after every pull page an engine uses,
 //!   every document whose last change is at or before its cursor has the
 //!   server's version in the engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 
 use super::{SimRng, SimServer};
 use crate::engine::{
-    Backoff, ConflictCause, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, Failure,
-    FailureKind, MemoryStorage, Storage,
+    Backoff, Batch, ConflictCause, ConflictPolicy, Effects, Engine, EngineError, EngineOptions,
+    Failure, FailureKind, MemoryStorage, Storage,
 };
 use crate::protocol::{
     ChangeResult, Cursor, Document, ErrorBody, ErrorCode, MAX_PULL_LIMIT, PullRequest,
@@ -59,6 +78,26 @@ pub struct SimConfig {
     /// Seeds [`run_seeds`] runs when `ATOMSYNC_SIM_SEEDS` is not set.
     /// Default 1000.
     pub default_seeds: u64,
+    /// A bug put back into the modelled adapter, to show that the checks
+    /// catch it. Default `None`.
+    pub mutant: Option<Mutant>,
+    /// Check at every send that the request depends on committed state
+    /// only. Off, the consequences of a send before commit must still be
+    /// caught by the other checks (lost writes, reused numbers, a stored
+    /// cursor past documents not stored). Default `true`.
+    pub check_sends: bool,
+}
+
+/// A bug the simulation can put back into the adapter it models (the
+/// driver around the engine, which is not the code under test here), so
+/// that a test can show the checks fail when the adapter breaks the
+/// engine's contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mutant {
+    /// The driver sends without waiting for the storage to commit what it
+    /// handed over (issue 9, finding 1).
+    SendBeforeCommit,
 }
 
 impl Default for SimConfig {
@@ -71,6 +110,8 @@ impl Default for SimConfig {
             keys: 6,
             trace: false,
             default_seeds: 1000,
+            mutant: None,
+            check_sends: true,
         }
     }
 }
@@ -128,6 +169,22 @@ pub struct SimStats {
     pub too_large_pushes: u64,
     /// Changes refused alone as too large, and reported.
     pub too_large_reports: u64,
+    /// Storage transactions committed.
+    pub storage_commits: u64,
+    /// Storage transactions that failed (an abort, a full quota): the
+    /// engine was dropped and restored from the last committed state.
+    pub storage_aborts: u64,
+    /// Local writes lost with a failed transaction, and reported.
+    pub aborted_writes_reported: u64,
+    /// Client crashes while a storage transaction was not committed.
+    pub crashes_mid_transaction: u64,
+    /// Client crashes right after a commit, before anything was sent.
+    pub crashes_after_commit: u64,
+    /// Known limitation, not a failure: local writes shown but not yet
+    /// committed when the process died. They are gone after the restart,
+    /// unreported (nothing is left to report them); nothing that depends on
+    /// them was sent.
+    pub shown_writes_lost_in_crash: u64,
 }
 
 impl SimStats {
@@ -166,6 +223,14 @@ impl SimStats {
             self.refused_writes > 0 && self.too_large_pushes > 0 && self.too_large_reports > 0,
             "{self:?}"
         );
+        assert!(
+            self.storage_aborts > 0 && self.aborted_writes_reported > 0,
+            "{self:?}"
+        );
+        assert!(
+            self.crashes_mid_transaction > 0 && self.crashes_after_commit > 0,
+            "{self:?}"
+        );
     }
 
     fn add(&mut self, other: &SimStats) {
@@ -194,6 +259,12 @@ impl SimStats {
         self.refused_writes += other.refused_writes;
         self.too_large_pushes += other.too_large_pushes;
         self.too_large_reports += other.too_large_reports;
+        self.storage_commits += other.storage_commits;
+        self.storage_aborts += other.storage_aborts;
+        self.aborted_writes_reported += other.aborted_writes_reported;
+        self.crashes_mid_transaction += other.crashes_mid_transaction;
+        self.crashes_after_commit += other.crashes_after_commit;
+        self.shown_writes_lost_in_crash += other.shown_writes_lost_in_crash;
     }
 }
 
@@ -294,6 +365,12 @@ const SERVER_MAX_BODY: usize = 900;
 /// What the engines are configured with.
 const ENGINE_MAX_PUSH: usize = 2000;
 const MAX_DELAY_MS: u64 = 40;
+/// The longest a storage transaction takes to commit.
+const MAX_COMMIT_MS: u64 = 30;
+/// How often a transaction fails instead of committing.
+const ABORT_CHANCE: f64 = 0.01;
+/// How often the process dies right after a commit.
+const CRASH_AFTER_COMMIT_CHANCE: f64 = 0.005;
 const QUIESCENCE_ROUNDS: usize = 40;
 
 #[derive(Debug, Clone)]
@@ -335,6 +412,18 @@ enum Event {
     },
     /// The client process restarts.
     Restart { client: usize },
+    /// Storage transaction `tx` of a slot ends (if it is still the oldest
+    /// one the slot waits for): it commits, or fails.
+    Commit { slot: usize, tx: u64 },
+}
+
+/// A storage transaction handed over and not committed yet.
+#[derive(Debug)]
+struct Tx {
+    id: u64,
+    batch: Batch,
+    /// The local writes (key, value) whose batch this is: shown already.
+    writes: Vec<(String, Option<Raw>)>,
 }
 
 /// One engine of one client.
@@ -343,7 +432,13 @@ struct Slot {
     group: String,
     options: EngineOptions,
     engine: Engine,
+    /// What the storage holds: the last committed state.
     storage: MemoryStorage,
+    /// Transactions handed to the storage, oldest first: they commit in
+    /// order, and a failed one takes the later ones with it.
+    txs: VecDeque<Tx>,
+    /// When the last transaction handed over ends.
+    commit_at: u64,
     /// The unanswered push and pull the driver waits for.
     push: Option<u64>,
     pull: Option<u64>,
@@ -380,6 +475,16 @@ struct Sim<S> {
     /// A restore, a storage loss or a purge happened: an engine may then
     /// collide with a write of its own that it no longer knows of.
     history_lost: bool,
+    mutant: Option<Mutant>,
+    check_sends: bool,
+    next_tx: u64,
+    /// What reached the server under each (client id, mutation number):
+    /// (group, key, value). The checker's own record, independent of the
+    /// server's (which forgets answers below a push's low-water mark).
+    sent_mutations: BTreeMap<(String, u64), (String, String, Option<Raw>)>,
+    /// Client ids whose engine lost its storage: they number again from 1
+    /// (the server refuses the reuse and the engine takes a new id).
+    amnesic: BTreeSet<String>,
     stats: SimStats,
     trace: Option<Vec<String>>,
 }
@@ -422,6 +527,8 @@ impl<S: SimServer> Sim<S> {
                     options,
                     engine,
                     storage: MemoryStorage::default(),
+                    txs: VecDeque::new(),
+                    commit_at: 0,
                     push: None,
                     pull: None,
                     unaccounted: BTreeMap::new(),
@@ -447,6 +554,11 @@ impl<S: SimServer> Sim<S> {
             checkpoint: None,
             step_no: 0,
             history_lost: false,
+            mutant: config.mutant,
+            check_sends: config.check_sends,
+            next_tx: 0,
+            sent_mutations: BTreeMap::new(),
+            amnesic: BTreeSet::new(),
             stats: SimStats {
                 runs: 1,
                 clients: clients as u64,
@@ -513,8 +625,7 @@ impl<S: SimServer> Sim<S> {
         } else if roll < 0.85 {
             self.drive(slot)
         } else if roll < 0.90 {
-            self.take_conflicts(slot);
-            Ok(())
+            self.take_conflicts(slot)
         } else if roll < 0.92 {
             let client = self.slots[slot].client;
             self.restart_client(client);
@@ -586,16 +697,21 @@ impl<S: SimServer> Sim<S> {
             }
             Err(e) => return Err(format!("write refused: {e}")),
         };
-        let list = slot.unaccounted.entry(key).or_default();
+        let list = slot.unaccounted.entry(key.clone()).or_default();
         if list.last() == Some(&visible) {
             list.clear();
         }
-        list.push(value);
-        self.apply(index, effects)
+        list.push(value.clone());
+        self.apply_writes(index, effects, vec![(key, value)])
     }
 
     fn drive(&mut self, index: usize) -> Result<(), String> {
         let slot = &mut self.slots[index];
+        // The adapter waits for its storage to commit what it handed over
+        // before it asks for a request.
+        if !slot.txs.is_empty() && self.mutant != Some(Mutant::SendBeforeCommit) {
+            return Ok(());
+        }
         let push = (slot.engine.wants_push() || self.rng.chance(0.5))
             .then(|| slot.engine.next_push(self.now))
             .flatten();
@@ -604,7 +720,7 @@ impl<S: SimServer> Sim<S> {
             .flatten();
         if let Some(request) = push {
             self.stats.pushes += 1;
-            self.send(index, Request::Push(request));
+            self.send(index, Request::Push(request))?;
             if self.faults && self.rng.chance(0.05) {
                 // A restart in the middle of the push.
                 let delay = self.rng.between(0, MAX_DELAY_MS);
@@ -614,12 +730,54 @@ impl<S: SimServer> Sim<S> {
         }
         if let Some(request) = pull {
             self.stats.pulls += 1;
-            self.send(index, Request::Pull(request));
+            self.send(index, Request::Pull(request))?;
         }
         Ok(())
     }
 
-    fn send(&mut self, slot: usize, request: Request) {
+    /// Nothing sent depends on state the storage has not committed: a push
+    /// carries changes stored as pending (under the stored client id, below
+    /// the stored next mutation number), a pull starts at the stored cursor.
+    /// A crash at any moment thus leaves a storage from which nothing
+    /// already sent is forgotten or numbered again.
+    fn check_send(&self, slot: usize, request: &Request) -> Result<(), String> {
+        if !self.check_sends {
+            return Ok(());
+        }
+        let stored = self.slots[slot].storage.snapshot();
+        let fail = |what: String| {
+            Err(format!(
+                "slot {slot}: sent {what} that the storage does not hold: {request:?}"
+            ))
+        };
+        match request {
+            Request::Push(push) => {
+                let Some(stored) = stored else {
+                    return fail("a push".to_owned());
+                };
+                if stored.meta.client_id != push.client_id {
+                    return fail(format!("client id {}", push.client_id));
+                }
+                for change in &push.changes {
+                    let held = stored.pending.get(&change.mutation).map(|c| c.to_change());
+                    if held.as_ref() != Some(change) || stored.meta.next_mutation <= change.mutation
+                    {
+                        return fail(format!("change {change:?} (stored: {held:?})"));
+                    }
+                }
+            }
+            Request::Pull(pull) => {
+                let cursor = stored.and_then(|s| s.meta.cursor.as_ref());
+                if pull.since.as_ref() != cursor {
+                    return fail(format!("a pull from {:?} (stored: {cursor:?})", pull.since));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, slot: usize, request: Request) -> Result<(), String> {
+        self.check_send(slot, &request)?;
         self.next_request += 1;
         let id = self.next_request;
         let incarnation = self.incarnations[self.slots[slot].client];
@@ -647,7 +805,7 @@ impl<S: SimServer> Sim<S> {
         if !self.faults {
             let delay = self.delay();
             self.schedule(delay, arrive(request, self.server_life));
-            return;
+            return Ok(());
         }
         // The server refuses a body larger than it takes, faults or not.
         if let Request::Push(push) = &request
@@ -661,7 +819,7 @@ impl<S: SimServer> Sim<S> {
                 ),
             });
             self.fail_request(slot, id, incarnation, request, failure);
-            return;
+            return Ok(());
         }
         let roll = self.rng.unit();
         if roll < 0.08 {
@@ -691,6 +849,7 @@ impl<S: SimServer> Sim<S> {
             let delay = self.delay();
             self.schedule(delay, arrive(request, self.server_life));
         }
+        Ok(())
     }
 
     /// Answers `request` with `failure`, after a delay, without reaching the
@@ -733,7 +892,7 @@ impl<S: SimServer> Sim<S> {
                     self.log(|| format!("#{id}: lost in a server restart"));
                     return Ok(());
                 }
-                let answer = self.serve(slot, &request);
+                let answer = self.serve(slot, &request)?;
                 if self.faults && self.rng.chance(0.08) {
                     self.stats.lost_responses += 1;
                     self.log(|| format!("#{id}: response lost"));
@@ -807,14 +966,100 @@ impl<S: SimServer> Sim<S> {
                 self.restart_client(client);
                 Ok(())
             }
+            Event::Commit { slot, tx } => {
+                if self.slots[slot].txs.front().map(|t| t.id) != Some(tx) {
+                    // Gone with a failed transaction or a crash.
+                    return Ok(());
+                }
+                if self.faults && self.rng.chance(ABORT_CHANCE) {
+                    self.abort(slot);
+                    return Ok(());
+                }
+                self.commit_next(slot)?;
+                if self.faults && self.rng.chance(CRASH_AFTER_COMMIT_CHANCE) {
+                    // Before the driver could send what the commit allowed.
+                    self.stats.crashes_after_commit += 1;
+                    let client = self.slots[slot].client;
+                    self.log(|| format!("slot {slot}: crash right after a commit"));
+                    self.restart_client(client);
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Hands `batch` to the slot's storage, as a transaction that commits
+    /// later (at once when faults are off, after those before it).
+    fn persist(
+        &mut self,
+        slot: usize,
+        batch: Batch,
+        writes: Vec<(String, Option<Raw>)>,
+    ) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.next_tx += 1;
+        let id = self.next_tx;
+        self.slots[slot].txs.push_back(Tx { id, batch, writes });
+        if !self.faults {
+            while !self.slots[slot].txs.is_empty() {
+                self.commit_next(slot)?;
+            }
+            return Ok(());
+        }
+        let at = (self.now + self.rng.between(0, MAX_COMMIT_MS)).max(self.slots[slot].commit_at);
+        self.slots[slot].commit_at = at;
+        self.next_event += 1;
+        self.queue
+            .insert((at, self.next_event), Event::Commit { slot, tx: id });
+        Ok(())
+    }
+
+    /// Commits the oldest transaction of `slot`.
+    fn commit_next(&mut self, slot: usize) -> Result<(), String> {
+        let tx = self.slots[slot].txs.pop_front().expect("a transaction");
+        let before = self.stored_cursor(slot);
+        self.slots[slot]
+            .storage
+            .apply(&tx.batch)
+            .map_err(|e| format!("slot {slot}: storage refused a batch: {e}"))?;
+        self.stats.storage_commits += 1;
+        if self.stored_cursor(slot) != before {
+            self.check_stored_cursor(slot)?;
+        }
+        Ok(())
+    }
+
+    fn stored_cursor(&self, slot: usize) -> Option<Cursor> {
+        self.slots[slot]
+            .storage
+            .snapshot()
+            .and_then(|s| s.meta.cursor.clone())
+    }
+
+    /// The oldest transaction of `slot` fails, and the ones after it with
+    /// it: as the adapter must, the engine is dropped and restored from the
+    /// last committed state, and the writes lost are reported to the user.
+    fn abort(&mut self, slot: usize) {
+        self.stats.storage_aborts += 1;
+        let txs: Vec<Tx> = self.slots[slot].txs.drain(..).collect();
+        let lost: Vec<(String, Option<Raw>)> = txs.into_iter().flat_map(|t| t.writes).collect();
+        self.stats.aborted_writes_reported += lost.len() as u64;
+        let slot_ref = &mut self.slots[slot];
+        forget_writes(&mut slot_ref.unaccounted, &lost);
+        slot_ref.push = None;
+        slot_ref.pull = None;
+        slot_ref.engine = restore_engine(slot_ref);
+        self.log(|| format!("slot {slot}: transaction failed; restored; lost {lost:?}"));
     }
 
     /// The server handles a request; accounting of writes happens here, where
     /// the truth is known even if the answer is lost later.
-    fn serve(&mut self, slot: usize, request: &Request) -> Answer {
-        match request {
+    fn serve(&mut self, slot: usize, request: &Request) -> Result<Answer, String> {
+        Ok(match request {
             Request::Push(push) => {
+                self.check_numbering(push)?;
                 let result = self.server.push(push);
                 self.log(|| format!("server: {push:?} -> {result:?}"));
                 if let Ok(response) = &result {
@@ -828,7 +1073,30 @@ impl<S: SimServer> Sim<S> {
                 self.log(|| format!("server: {pull:?} -> {result:?}"));
                 Answer::Pull(result.map_err(server_failure))
             }
+        })
+    }
+
+    /// A client id never numbers two different changes alike (unless its
+    /// engine lost its storage, which the server must catch): records what
+    /// reaches the server under each (client id, mutation number).
+    fn check_numbering(&mut self, push: &PushRequest) -> Result<(), String> {
+        for change in &push.changes {
+            let content = (push.group.clone(), change.key.clone(), change.value.clone());
+            let id = (push.client_id.clone(), change.mutation);
+            match self.sent_mutations.get(&id) {
+                Some(earlier) if *earlier != content && !self.amnesic.contains(&push.client_id) => {
+                    return Err(format!(
+                        "{} reused mutation number {} for {content:?}, which numbered {earlier:?}",
+                        push.client_id, change.mutation
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.sent_mutations.insert(id, content);
+                }
+            }
         }
+        Ok(())
     }
 
     /// A write made before a reset may be settled by a pull: when its key
@@ -976,11 +1244,19 @@ impl<S: SimServer> Sim<S> {
     }
 
     fn apply(&mut self, slot: usize, effects: Effects) -> Result<(), String> {
-        let slot_ref = &mut self.slots[slot];
-        slot_ref
-            .storage
-            .apply(&effects.batch)
-            .map_err(|e| format!("slot {slot}: storage refused a batch: {e}"))?;
+        self.apply_writes(slot, effects, Vec::new())
+    }
+
+    /// Persists the effects of a step that made the local `writes`, and
+    /// checks the conflicts it reported.
+    fn apply_writes(
+        &mut self,
+        slot: usize,
+        effects: Effects,
+        writes: Vec<(String, Option<Raw>)>,
+    ) -> Result<(), String> {
+        self.persist(slot, effects.batch, writes)?;
+        let slot_ref = &self.slots[slot];
         let own = format!("\"c{}v", slot_ref.client);
         self.stats.reset_reports += effects
             .conflicts
@@ -1014,12 +1290,10 @@ impl<S: SimServer> Sim<S> {
         Ok(())
     }
 
-    fn take_conflicts(&mut self, index: usize) {
+    fn take_conflicts(&mut self, index: usize) -> Result<(), String> {
+        let (conflicts, effects) = self.slots[index].engine.take_conflicts();
+        self.persist(index, effects.batch, Vec::new())?;
         let slot = &mut self.slots[index];
-        let (conflicts, effects) = slot.engine.take_conflicts();
-        slot.storage
-            .apply(&effects.batch)
-            .expect("storage has meta once conflicts exist");
         for conflict in conflicts {
             self.stats.conflicts += 1;
             let list = slot.unaccounted.entry(conflict.key.clone()).or_default();
@@ -1027,6 +1301,7 @@ impl<S: SimServer> Sim<S> {
                 list.remove(at);
             }
         }
+        Ok(())
     }
 
     fn restart_client(&mut self, client: usize) {
@@ -1040,14 +1315,18 @@ impl<S: SimServer> Sim<S> {
             if slot.push.is_some() {
                 self.stats.restarts_mid_push += 1;
             }
+            if !slot.txs.is_empty() {
+                self.stats.crashes_mid_transaction += 1;
+            }
+            // Writes shown but not committed die with the process: the
+            // known limitation (see `SimStats::shown_writes_lost_in_crash`).
+            let lost: Vec<(String, Option<Raw>)> =
+                slot.txs.drain(..).flat_map(|t| t.writes).collect();
+            self.stats.shown_writes_lost_in_crash += lost.len() as u64;
+            forget_writes(&mut slot.unaccounted, &lost);
             slot.push = None;
             slot.pull = None;
-            let engine = match slot.storage.load().expect("memory storage loads") {
-                Some(snapshot) => Engine::restore(snapshot).expect("stored state restores"),
-                None => Engine::new(slot.group.clone(), slot.engine.client_id().to_owned())
-                    .expect("valid names"),
-            };
-            slot.engine = engine.with_options(slot.options.clone());
+            slot.engine = restore_engine(slot);
         }
         self.log(|| format!("client {client} restarts"));
     }
@@ -1122,6 +1401,8 @@ impl<S: SimServer> Sim<S> {
         for slot in self.slots.iter_mut().filter(|s| s.client == client) {
             slot.push = None;
             slot.pull = None;
+            slot.txs.clear();
+            self.amnesic.insert(format!("c{client}-{}", slot.group));
             slot.storage = MemoryStorage::default();
             slot.unaccounted.clear();
             slot.engine = Engine::new(slot.group.clone(), format!("c{client}-{}", slot.group))
@@ -1160,6 +1441,50 @@ impl<S: SimServer> Sim<S> {
         }
     }
 
+    /// The server's documents of `group` whose last change is at or before
+    /// `cursor` (`None` if the server is in another database or fails).
+    fn settled_at(&mut self, group: &str, cursor: &Cursor) -> Option<Vec<Document>> {
+        let (latest, all) = self.server_documents(group, None).ok()?;
+        if latest.epoch != cursor.epoch {
+            return None;
+        }
+        let (_, after) = self.server_documents(group, Some(cursor.clone())).ok()?;
+        Some(
+            all.into_iter()
+                .filter(|doc| !after.iter().any(|d| d.key == doc.key))
+                .collect(),
+        )
+    }
+
+    /// No stored cursor points past documents not stored: every document
+    /// whose last change is at or before the committed cursor is committed
+    /// at the server's version.
+    fn check_stored_cursor(&mut self, index: usize) -> Result<(), String> {
+        let Some(stored) = self.slots[index].storage.snapshot() else {
+            return Ok(());
+        };
+        let Some(cursor) = stored.meta.cursor.clone() else {
+            return Ok(());
+        };
+        if stored.meta.resyncing {
+            return Ok(());
+        }
+        let group = self.slots[index].group.clone();
+        let Some(settled) = self.settled_at(&group, &cursor) else {
+            return Ok(());
+        };
+        let stored = self.slots[index].storage.snapshot().expect("checked above");
+        for doc in &settled {
+            let held = stored.docs.get(&doc.key);
+            if !held.is_some_and(|mine| mine.version == doc.version && mine.value == doc.value) {
+                return Err(format!(
+                    "slot {index}: stored cursor {cursor} is past a change not stored: the server has {doc:?}, the storage {held:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every document whose last change is at or before the engine's cursor
     /// must be in the engine at the server's version.
     fn check_cursor(&mut self, index: usize) -> Result<(), String> {
@@ -1171,20 +1496,11 @@ impl<S: SimServer> Sim<S> {
             return Ok(());
         }
         let group = self.slots[index].group.clone();
-        let Ok((latest, all)) = self.server_documents(&group, None) else {
-            return Ok(());
-        };
-        if latest.epoch != cursor.epoch {
-            return Ok(());
-        }
-        let Ok((_, after)) = self.server_documents(&group, Some(cursor.clone())) else {
+        let Some(settled) = self.settled_at(&group, &cursor) else {
             return Ok(());
         };
         let engine = &self.slots[index].engine;
-        for doc in &all {
-            if after.iter().any(|d| d.key == doc.key) {
-                continue;
-            }
+        for doc in &settled {
             let ok = engine
                 .confirmed(&doc.key)
                 .is_some_and(|mine| mine.version == doc.version && mine.value == doc.value);
@@ -1237,7 +1553,8 @@ impl<S: SimServer> Sim<S> {
                 self.next_request += 1;
                 let id = self.next_request;
                 let request = Request::Push(request);
-                let answer = self.serve(index, &request);
+                self.check_send(index, &request)?;
+                let answer = self.serve(index, &request)?;
                 self.deliver(index, id, request, answer)?;
                 continue;
             }
@@ -1252,7 +1569,8 @@ impl<S: SimServer> Sim<S> {
             self.next_request += 1;
             let id = self.next_request;
             let request = Request::Pull(request);
-            let answer = self.serve(index, &request);
+            self.check_send(index, &request)?;
+            let answer = self.serve(index, &request)?;
             self.deliver(index, id, request, answer)?;
         }
         Err(format!("slot {index}: sync does not end"))
@@ -1261,7 +1579,7 @@ impl<S: SimServer> Sim<S> {
     fn check_final(&mut self) -> Result<(), String> {
         self.log(|| "quiescent: checking".to_owned());
         for index in 0..self.slots.len() {
-            self.take_conflicts(index);
+            self.take_conflicts(index)?;
         }
         let mut server_docs = BTreeMap::new();
         for index in 0..self.slots.len() {
@@ -1353,5 +1671,31 @@ impl<S: SimServer> Sim<S> {
             }
         }
         Ok(())
+    }
+}
+
+/// The slot's engine restored from its committed state (a fresh one under
+/// its client id if nothing was committed yet).
+fn restore_engine(slot: &Slot) -> Engine {
+    let engine = match slot.storage.snapshot() {
+        Some(snapshot) => Engine::restore(snapshot.clone()).expect("stored state restores"),
+        None => Engine::new(slot.group.clone(), slot.engine.client_id().to_owned())
+            .expect("valid names"),
+    };
+    engine.with_options(slot.options.clone())
+}
+
+/// Takes writes that are gone (reported, or lost in a crash) out of the
+/// writes still to be accounted for.
+fn forget_writes(
+    unaccounted: &mut BTreeMap<String, Vec<Option<Raw>>>,
+    lost: &[(String, Option<Raw>)],
+) {
+    for (key, value) in lost {
+        if let Some(list) = unaccounted.get_mut(key)
+            && let Some(at) = list.iter().position(|v| v == value)
+        {
+            list.remove(at);
+        }
     }
 }
