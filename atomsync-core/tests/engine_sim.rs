@@ -58,3 +58,34 @@ fn consequences_of_a_send_before_commit_are_caught() {
     ];
     assert!(caught.iter().any(|c| error.message.contains(c)), "{error}");
 }
+
+/// Mutant: a leader deletes a follower's outbox entry when it applies it,
+/// before the result commits (issue 9, finding 3). A leader that vanishes
+/// in between loses the follower's write.
+#[test]
+fn checker_catches_an_ack_before_commit() {
+    let config = SimConfig {
+        mutant: Some(Mutant::AckBeforeCommit),
+        ..SimConfig::default()
+    };
+    let error = first_failure(&config, 300).expect("an ack before commit is caught");
+    assert!(
+        error.message.contains("lost without a conflict report"),
+        "{error}"
+    );
+}
+
+/// Mutant: a new leader ignores the outbox its predecessor left (issue 9,
+/// finding 3).
+#[test]
+fn checker_catches_a_replayless_handover() {
+    let config = SimConfig {
+        mutant: Some(Mutant::ReplaylessHandover),
+        ..SimConfig::default()
+    };
+    let error = first_failure(&config, 300).expect("a replayless hand-over is caught");
+    assert!(
+        error.message.contains("lost without a conflict report"),
+        "{error}"
+    );
+}

@@ -15,7 +15,17 @@
 //! sends anything. A transaction can fail (the engine is then dropped and
 //! restored from the last committed state, and the writes lost are
 //! reported), and the process can die while transactions are uncommitted or
-//! right after a commit, before it sent anything. Then the
+//! right after a commit, before it sent anything.
+//!
+//! Each client is a browser with one to three tabs over one storage, as the
+//! browser adapter runs them: the leader tab runs the engines; the others
+//! (followers) show what it announces, late, and put their writes in a
+//! durable outbox with a fingerprint of the value they saw; the leader
+//! applies them with [`Engine::write_based`] and deletes each entry in the
+//! transaction that commits its result. The leader can vanish at any step
+//! with its uncommitted transactions; after its lease a follower takes
+//! over, restores the engines from the storage and applies the outbox.
+//! Followers close and tabs open. Then the
 //! faults stop and everyone syncs until nothing changes, and the simulation
 //! checks:
 //!
@@ -39,8 +49,13 @@
 //!   server, overwritten locally while still visible, reported as the local
 //!   value of a conflict, reported lost with a failed transaction, or (a
 //!   delete) refused against a deleted document. A write shown but not
-//!   committed when the process died is the one known exception: it is
-//!   counted ([`SimStats::shown_writes_lost_in_crash`]), not failed;
+//!   committed when the process (or leader tab) died is the one known
+//!   exception: it is counted ([`SimStats::shown_writes_lost_in_crash`]),
+//!   not failed. A follower's write counts from the moment it is shown: it
+//!   is accounted when the leader applies it over the value its tab saw,
+//!   or reports the collision ([`ConflictCause::Concurrent`], both values);
+//! - every outbox is empty at rest: a new leader applied what the last one
+//!   left;
 //! - the cursor never skipped a change: after every pull page an engine uses,
 //!   every document whose last change is at or before its cursor has the
 //!   server's version in the engine.
@@ -52,7 +67,7 @@ use std::panic::{self, AssertUnwindSafe};
 use super::{SimRng, SimServer};
 use crate::engine::{
     Backoff, Batch, ConflictCause, ConflictPolicy, Effects, Engine, EngineError, EngineOptions,
-    Failure, FailureKind, MemoryStorage, Storage,
+    Failure, FailureKind, MemoryStorage, Seen, Storage,
 };
 use crate::protocol::{
     ChangeResult, Cursor, Document, ErrorBody, ErrorCode, MAX_PULL_LIMIT, PullRequest,
@@ -98,6 +113,13 @@ pub enum Mutant {
     /// The driver sends without waiting for the storage to commit what it
     /// handed over (issue 9, finding 1).
     SendBeforeCommit,
+    /// A leader deletes a follower's outbox entry when it applies it, not
+    /// in the transaction that commits the result (issue 9, finding 3: a
+    /// forwarded write acknowledged before its commit).
+    AckBeforeCommit,
+    /// A new leader does not apply the outbox entries left by the one before
+    /// it (issue 9, finding 3: replay only by the tab that took them).
+    ReplaylessHandover,
 }
 
 impl Default for SimConfig {
@@ -180,6 +202,20 @@ pub struct SimStats {
     pub crashes_mid_transaction: u64,
     /// Client crashes right after a commit, before anything was sent.
     pub crashes_after_commit: u64,
+    /// Writes made in follower tabs (forwarded through the outbox).
+    pub follower_writes: u64,
+    /// Leader tabs that vanished (closed, crashed, killed), all their
+    /// uncommitted transactions with them.
+    pub leaders_vanished: u64,
+    /// Leaders that vanished with outbox entries applied but not committed.
+    pub leaders_vanished_mid_forward: u64,
+    /// Follower tabs closed.
+    pub followers_closed: u64,
+    /// New leaders that found outbox entries to apply.
+    pub handovers_with_outbox: u64,
+    /// Forwarded writes that collided with a change made since their tab
+    /// saw the document, reported.
+    pub concurrent_conflicts: u64,
     /// Known limitation, not a failure: local writes shown but not yet
     /// committed when the process died. They are gone after the restart,
     /// unreported (nothing is left to report them); nothing that depends on
@@ -231,6 +267,16 @@ impl SimStats {
             self.crashes_mid_transaction > 0 && self.crashes_after_commit > 0,
             "{self:?}"
         );
+        assert!(
+            self.follower_writes > 0 && self.leaders_vanished > 0 && self.followers_closed > 0,
+            "{self:?}"
+        );
+        assert!(
+            self.leaders_vanished_mid_forward > 0
+                && self.handovers_with_outbox > 0
+                && self.concurrent_conflicts > 0,
+            "{self:?}"
+        );
     }
 
     fn add(&mut self, other: &SimStats) {
@@ -265,6 +311,12 @@ impl SimStats {
         self.crashes_mid_transaction += other.crashes_mid_transaction;
         self.crashes_after_commit += other.crashes_after_commit;
         self.shown_writes_lost_in_crash += other.shown_writes_lost_in_crash;
+        self.follower_writes += other.follower_writes;
+        self.leaders_vanished += other.leaders_vanished;
+        self.leaders_vanished_mid_forward += other.leaders_vanished_mid_forward;
+        self.followers_closed += other.followers_closed;
+        self.handovers_with_outbox += other.handovers_with_outbox;
+        self.concurrent_conflicts += other.concurrent_conflicts;
     }
 }
 
@@ -371,6 +423,10 @@ const MAX_COMMIT_MS: u64 = 30;
 const ABORT_CHANCE: f64 = 0.01;
 /// How often the process dies right after a commit.
 const CRASH_AFTER_COMMIT_CHANCE: f64 = 0.005;
+/// Most tabs of one browser.
+const MAX_TABS: u64 = 3;
+/// Most time from a leader's end to a follower taking over (its lease).
+const MAX_LEASE_MS: u64 = 60;
 const QUIESCENCE_ROUNDS: usize = 40;
 
 #[derive(Debug, Clone)]
@@ -424,6 +480,28 @@ struct Tx {
     batch: Batch,
     /// The local writes (key, value) whose batch this is: shown already.
     writes: Vec<(String, Option<Raw>)>,
+    /// The outbox entries it applied: deleted when it commits.
+    applied: Vec<u64>,
+}
+
+/// A follower's write in the outbox (durable, in the shared storage).
+#[derive(Debug, Clone)]
+struct Entry {
+    key: String,
+    value: Option<Raw>,
+    /// What the follower showed when it wrote.
+    seen: Seen,
+}
+
+/// The tabs of one browser (client): they share its storage; one of them,
+/// the leader, runs the engines.
+#[derive(Debug, Default)]
+struct Browser {
+    /// Open tabs, oldest first.
+    tabs: Vec<u64>,
+    leader: Option<u64>,
+    /// When a follower may take over (the last leader's lease passes).
+    leaderless_until: u64,
 }
 
 /// One engine of one client.
@@ -439,6 +517,13 @@ struct Slot {
     txs: VecDeque<Tx>,
     /// When the last transaction handed over ends.
     commit_at: u64,
+    /// Follower writes waiting for the leader, by entry number (committed).
+    outbox: BTreeMap<u64, Entry>,
+    /// Outbox entries applied by the current leader, not committed yet.
+    draining: BTreeSet<u64>,
+    /// What each follower tab shows: the leader's last announcement, and
+    /// its own writes since.
+    mirrors: BTreeMap<u64, BTreeMap<String, Raw>>,
     /// The unanswered push and pull the driver waits for.
     push: Option<u64>,
     pull: Option<u64>,
@@ -457,6 +542,9 @@ struct Sim<S> {
     keys: u64,
     slots: Vec<Slot>,
     incarnations: Vec<u64>,
+    browsers: Vec<Browser>,
+    next_tab: u64,
+    next_entry: u64,
     server_life: u64,
     now: u64,
     queue: BTreeMap<(u64, u64), Event>,
@@ -529,12 +617,31 @@ impl<S: SimServer> Sim<S> {
                     storage: MemoryStorage::default(),
                     txs: VecDeque::new(),
                     commit_at: 0,
+                    outbox: BTreeMap::new(),
+                    draining: BTreeSet::new(),
+                    mirrors: BTreeMap::new(),
                     push: None,
                     pull: None,
                     unaccounted: BTreeMap::new(),
                 });
             }
         }
+        let mut next_tab = 0;
+        let browsers = (0..clients)
+            .map(|_| {
+                let tabs: Vec<u64> = (0..rng.between(1, MAX_TABS))
+                    .map(|_| {
+                        next_tab += 1;
+                        next_tab
+                    })
+                    .collect();
+                Browser {
+                    leader: tabs.first().copied(),
+                    tabs,
+                    leaderless_until: 0,
+                }
+            })
+            .collect();
         Sim {
             seed,
             rng,
@@ -542,6 +649,9 @@ impl<S: SimServer> Sim<S> {
             keys,
             slots,
             incarnations: vec![0; clients],
+            browsers,
+            next_tab,
+            next_entry: 0,
             server_life: 0,
             now: 0,
             queue: BTreeMap::new(),
@@ -618,13 +728,42 @@ impl<S: SimServer> Sim<S> {
                 self.slots[index].engine.resume();
             }
         }
+        for client in 0..self.browsers.len() {
+            let browser = &self.browsers[client];
+            if browser.leader.is_none()
+                && !browser.tabs.is_empty()
+                && self.now >= browser.leaderless_until
+            {
+                self.take_over(client)?;
+            }
+        }
+        if self.rng.chance(0.3) {
+            // The leader announces what it shows to the other tabs.
+            let index = self.rng.index(self.slots.len());
+            self.announce(index);
+        }
         let slot = self.rng.index(self.slots.len());
+        let client = self.slots[slot].client;
+        if self.rng.chance(0.01) {
+            return self.vanish_leader(client);
+        }
+        if self.rng.chance(0.006) {
+            self.close_follower(client);
+            return Ok(());
+        }
+        if self.rng.chance(0.01) {
+            self.open_tab(client);
+            return Ok(());
+        }
         let roll = self.rng.unit();
         if roll < 0.40 {
             self.write(slot)
         } else if roll < 0.85 {
             self.drive(slot)
         } else if roll < 0.90 {
+            if !self.leads(slot) {
+                return Ok(());
+            }
             self.take_conflicts(slot)
         } else if roll < 0.92 {
             let client = self.slots[slot].client;
@@ -681,6 +820,16 @@ impl<S: SimServer> Sim<S> {
                 value.as_ref().map(|v| v.as_str().len())
             )
         });
+        let client = self.slots[index].client;
+        let tabs = &self.browsers[client].tabs;
+        if tabs.is_empty() {
+            return Ok(());
+        }
+        let tab = tabs[self.rng.index(tabs.len())];
+        if self.browsers[client].leader != Some(tab) {
+            self.follower_write(index, tab, key, value);
+            return Ok(());
+        }
         let slot = &mut self.slots[index];
         // Writes still visible are overwritten by the user: accounted for.
         let visible = slot.engine.get(&key).cloned();
@@ -698,14 +847,16 @@ impl<S: SimServer> Sim<S> {
             Err(e) => return Err(format!("write refused: {e}")),
         };
         let list = slot.unaccounted.entry(key.clone()).or_default();
-        if list.last() == Some(&visible) {
-            list.clear();
-        }
+        overwritten(list, &visible);
         list.push(value.clone());
         self.apply_writes(index, effects, vec![(key, value)])
     }
 
     fn drive(&mut self, index: usize) -> Result<(), String> {
+        if !self.leads(index) {
+            return Ok(());
+        }
+        self.drain(index)?;
         let slot = &mut self.slots[index];
         // The adapter waits for its storage to commit what it handed over
         // before it asks for a request.
@@ -995,13 +1146,19 @@ impl<S: SimServer> Sim<S> {
         slot: usize,
         batch: Batch,
         writes: Vec<(String, Option<Raw>)>,
+        applied: Vec<u64>,
     ) -> Result<(), String> {
-        if batch.is_empty() {
+        if batch.is_empty() && applied.is_empty() {
             return Ok(());
         }
         self.next_tx += 1;
         let id = self.next_tx;
-        self.slots[slot].txs.push_back(Tx { id, batch, writes });
+        self.slots[slot].txs.push_back(Tx {
+            id,
+            batch,
+            writes,
+            applied,
+        });
         if !self.faults {
             while !self.slots[slot].txs.is_empty() {
                 self.commit_next(slot)?;
@@ -1025,6 +1182,10 @@ impl<S: SimServer> Sim<S> {
             .apply(&tx.batch)
             .map_err(|e| format!("slot {slot}: storage refused a batch: {e}"))?;
         self.stats.storage_commits += 1;
+        for entry in &tx.applied {
+            self.slots[slot].outbox.remove(entry);
+            self.slots[slot].draining.remove(entry);
+        }
         if self.stored_cursor(slot) != before {
             self.check_stored_cursor(slot)?;
         }
@@ -1048,6 +1209,8 @@ impl<S: SimServer> Sim<S> {
         self.stats.aborted_writes_reported += lost.len() as u64;
         let slot_ref = &mut self.slots[slot];
         forget_writes(&mut slot_ref.unaccounted, &lost);
+        // Outbox entries it applied stay in the outbox: applied again.
+        slot_ref.draining.clear();
         slot_ref.push = None;
         slot_ref.pull = None;
         slot_ref.engine = restore_engine(slot_ref);
@@ -1255,7 +1418,19 @@ impl<S: SimServer> Sim<S> {
         effects: Effects,
         writes: Vec<(String, Option<Raw>)>,
     ) -> Result<(), String> {
-        self.persist(slot, effects.batch, writes)?;
+        self.apply_step(slot, effects, writes, Vec::new())
+    }
+
+    /// Persists the effects of a step (with the deletion of the outbox
+    /// entries it `applied`), and checks the conflicts it reported.
+    fn apply_step(
+        &mut self,
+        slot: usize,
+        effects: Effects,
+        writes: Vec<(String, Option<Raw>)>,
+        applied: Vec<u64>,
+    ) -> Result<(), String> {
+        self.persist(slot, effects.batch, writes, applied)?;
         let slot_ref = &self.slots[slot];
         let own = format!("\"c{}v", slot_ref.client);
         self.stats.reset_reports += effects
@@ -1273,6 +1448,9 @@ impl<S: SimServer> Sim<S> {
             // only collide with somebody else's.
             if conflict.cause == ConflictCause::TooLarge {
                 self.stats.too_large_reports += 1;
+            } else if conflict.cause == ConflictCause::Concurrent {
+                // Two tabs of one client: its own writes collide.
+                self.stats.concurrent_conflicts += 1;
             } else if !self.history_lost
                 && conflict
                     .server
@@ -1292,12 +1470,19 @@ impl<S: SimServer> Sim<S> {
 
     fn take_conflicts(&mut self, index: usize) -> Result<(), String> {
         let (conflicts, effects) = self.slots[index].engine.take_conflicts();
-        self.persist(index, effects.batch, Vec::new())?;
+        self.persist(index, effects.batch, Vec::new(), Vec::new())?;
         let slot = &mut self.slots[index];
         for conflict in conflicts {
             self.stats.conflicts += 1;
             let list = slot.unaccounted.entry(conflict.key.clone()).or_default();
             if let Some(at) = list.iter().position(|v| *v == conflict.local) {
+                list.remove(at);
+            }
+            // Two tabs' writes collided: the value shown until then (the
+            // report's `server`) is reported too, whichever side won.
+            if conflict.cause == ConflictCause::Concurrent
+                && let Some(at) = list.iter().position(|v| *v == conflict.server)
+            {
                 list.remove(at);
             }
         }
@@ -1324,11 +1509,221 @@ impl<S: SimServer> Sim<S> {
                 slot.txs.drain(..).flat_map(|t| t.writes).collect();
             self.stats.shown_writes_lost_in_crash += lost.len() as u64;
             forget_writes(&mut slot.unaccounted, &lost);
+            slot.draining.clear();
+            slot.mirrors.clear();
             slot.push = None;
             slot.pull = None;
             slot.engine = restore_engine(slot);
         }
+        // The browser comes back with as many tabs; the first one leads.
+        let count = self.browsers[client].tabs.len().max(1);
+        let tabs: Vec<u64> = (0..count)
+            .map(|_| {
+                self.next_tab += 1;
+                self.next_tab
+            })
+            .collect();
+        self.browsers[client] = Browser {
+            leader: tabs.first().copied(),
+            tabs,
+            leaderless_until: 0,
+        };
         self.log(|| format!("client {client} restarts"));
+    }
+
+    /// Whether the slot's browser has a leader tab (which runs the engine).
+    fn leads(&self, index: usize) -> bool {
+        self.browsers[self.slots[index].client].leader.is_some()
+    }
+
+    /// What a tab that opens shows: the committed state.
+    fn stored_view(&self, index: usize) -> BTreeMap<String, Raw> {
+        restore_engine(&self.slots[index])
+            .documents()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect()
+    }
+
+    /// The leader tells the other tabs what it shows.
+    fn announce(&mut self, index: usize) {
+        if !self.leads(index) {
+            return;
+        }
+        let slot = &mut self.slots[index];
+        let view: BTreeMap<String, Raw> = slot
+            .engine
+            .documents()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect();
+        for mirror in slot.mirrors.values_mut() {
+            mirror.clone_from(&view);
+        }
+    }
+
+    /// A follower tab writes: it shows the write at once and puts it in the
+    /// outbox with a fingerprint of what it showed before.
+    fn follower_write(&mut self, index: usize, tab: u64, key: String, value: Option<Raw>) {
+        let view = (!self.slots[index].mirrors.contains_key(&tab)).then(|| self.stored_view(index));
+        let slot = &mut self.slots[index];
+        let mirror = slot
+            .mirrors
+            .entry(tab)
+            .or_insert_with(|| view.unwrap_or_default());
+        let visible = mirror.get(&key).cloned();
+        let seen = Seen::of(visible.as_ref());
+        match &value {
+            Some(v) => mirror.insert(key.clone(), v.clone()),
+            None => mirror.remove(&key),
+        };
+        // Accounted for when the leader applies it (see `drain`).
+        slot.unaccounted
+            .entry(key.clone())
+            .or_default()
+            .push(value.clone());
+        self.next_entry += 1;
+        slot.outbox.insert(
+            self.next_entry,
+            Entry {
+                key: key.clone(),
+                value: value.clone(),
+                seen,
+            },
+        );
+        self.stats.follower_writes += 1;
+        self.log(|| format!("slot {index}: tab {tab} forwards {key} = {value:?}"));
+    }
+
+    /// The leader applies the outbox entries it has not applied yet; each
+    /// entry is deleted by the transaction that commits its result.
+    fn drain(&mut self, index: usize) -> Result<(), String> {
+        if !self.leads(index) {
+            return Ok(());
+        }
+        let slot = &self.slots[index];
+        let ids: Vec<u64> = slot
+            .outbox
+            .keys()
+            .filter(|id| !slot.draining.contains(id))
+            .copied()
+            .collect();
+        for id in ids {
+            let slot = &mut self.slots[index];
+            let entry = slot.outbox[&id].clone();
+            if self.mutant == Some(Mutant::AckBeforeCommit) {
+                slot.outbox.remove(&id);
+            } else {
+                slot.draining.insert(id);
+            }
+            let visible = slot.engine.get(&entry.key).cloned();
+            match slot
+                .engine
+                .write_based(entry.key.clone(), entry.value.clone(), entry.seen)
+            {
+                Ok(effects) => {
+                    let list = slot.unaccounted.entry(entry.key.clone()).or_default();
+                    if Seen::of(visible.as_ref()) == entry.seen {
+                        // Its author saw what it overwrites.
+                        overwritten(list, &visible);
+                    } else if visible == entry.value {
+                        // Shows what it wanted already: nothing to do.
+                        overwritten(list, &entry.value);
+                    }
+                    self.apply_step(index, effects, Vec::new(), vec![id])?;
+                }
+                // Reported to the user, and the entry deleted.
+                Err(EngineError::TooLarge { .. }) => {
+                    self.stats.refused_writes += 1;
+                    forget_writes(&mut slot.unaccounted, &[(entry.key, entry.value)]);
+                    self.persist(index, Batch::default(), Vec::new(), vec![id])?;
+                }
+                Err(e) => return Err(format!("forwarded write refused: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader tab of `client` vanishes (closed, crashed, killed) with
+    /// whatever it had not committed; a follower takes over once its lease
+    /// passes.
+    fn vanish_leader(&mut self, client: usize) -> Result<(), String> {
+        let Some(leader) = self.browsers[client].leader else {
+            return Ok(());
+        };
+        self.stats.leaders_vanished += 1;
+        // The answers to its requests reach nobody.
+        self.incarnations[client] += 1;
+        let lease = self.rng.between(0, MAX_LEASE_MS);
+        let browser = &mut self.browsers[client];
+        browser.tabs.retain(|t| *t != leader);
+        browser.leader = None;
+        browser.leaderless_until = self.now + lease;
+        for slot in self.slots.iter_mut().filter(|s| s.client == client) {
+            if !slot.draining.is_empty() {
+                self.stats.leaders_vanished_mid_forward += 1;
+            }
+            let lost: Vec<(String, Option<Raw>)> =
+                slot.txs.drain(..).flat_map(|t| t.writes).collect();
+            self.stats.shown_writes_lost_in_crash += lost.len() as u64;
+            forget_writes(&mut slot.unaccounted, &lost);
+            slot.draining.clear();
+            slot.push = None;
+            slot.pull = None;
+        }
+        self.log(|| format!("client {client}: leader tab {leader} vanishes"));
+        Ok(())
+    }
+
+    /// The oldest tab of `client` takes the lead: it restores the engines
+    /// from the shared storage and applies the outbox.
+    fn take_over(&mut self, client: usize) -> Result<(), String> {
+        let tab = self.browsers[client].tabs[0];
+        self.browsers[client].leader = Some(tab);
+        let indices: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].client == client)
+            .collect();
+        for &index in &indices {
+            let slot = &mut self.slots[index];
+            slot.engine = restore_engine(slot);
+            slot.txs.clear();
+            slot.draining.clear();
+            slot.mirrors.remove(&tab);
+            slot.push = None;
+            slot.pull = None;
+            if self.mutant == Some(Mutant::ReplaylessHandover) {
+                slot.outbox.clear();
+            }
+            if !slot.outbox.is_empty() {
+                self.stats.handovers_with_outbox += 1;
+            }
+        }
+        self.log(|| format!("client {client}: tab {tab} takes the lead"));
+        for index in indices {
+            self.drain(index)?;
+        }
+        Ok(())
+    }
+
+    fn close_follower(&mut self, client: usize) {
+        let browser = &mut self.browsers[client];
+        let Some(at) = browser.tabs.iter().position(|t| Some(*t) != browser.leader) else {
+            return;
+        };
+        let tab = browser.tabs.remove(at);
+        self.stats.followers_closed += 1;
+        for slot in self.slots.iter_mut().filter(|s| s.client == client) {
+            slot.mirrors.remove(&tab);
+        }
+        self.log(|| format!("client {client}: follower tab {tab} closes"));
+    }
+
+    fn open_tab(&mut self, client: usize) {
+        if self.browsers[client].tabs.len() as u64 >= MAX_TABS {
+            return;
+        }
+        self.next_tab += 1;
+        let tab = self.next_tab;
+        self.browsers[client].tabs.push(tab);
+        self.log(|| format!("client {client}: tab {tab} opens"));
     }
 
     fn checkpoint_server(&mut self) {
@@ -1402,6 +1797,9 @@ impl<S: SimServer> Sim<S> {
             slot.push = None;
             slot.pull = None;
             slot.txs.clear();
+            slot.outbox.clear();
+            slot.draining.clear();
+            slot.mirrors.clear();
             self.amnesic.insert(format!("c{client}-{}", slot.group));
             slot.storage = MemoryStorage::default();
             slot.unaccounted.clear();
@@ -1523,6 +1921,14 @@ impl<S: SimServer> Sim<S> {
             self.now = self.now.max(time);
             self.process_due()?;
         }
+        for client in 0..self.browsers.len() {
+            if self.browsers[client].leader.is_none() {
+                if self.browsers[client].tabs.is_empty() {
+                    self.open_tab(client);
+                }
+                self.take_over(client)?;
+            }
+        }
         for slot in &mut self.slots {
             slot.engine.resume();
         }
@@ -1540,6 +1946,7 @@ impl<S: SimServer> Sim<S> {
 
     /// Pushes everything and pulls to the end, answering at once.
     fn sync_now(&mut self, index: usize) -> Result<bool, String> {
+        self.drain(index)?;
         let mut pushed = false;
         let mut pulled = false;
         for _ in 0..10_000 {
@@ -1642,6 +2049,12 @@ impl<S: SimServer> Sim<S> {
                     engine.snapshot()
                 ));
             }
+            if !slot.outbox.is_empty() {
+                return Err(format!(
+                    "slot {index}: outbox entries never applied: {:?}",
+                    slot.outbox
+                ));
+            }
             for (key, values) in &slot.unaccounted {
                 if !values.is_empty() {
                     return Err(format!(
@@ -1697,5 +2110,13 @@ fn forget_writes(
         {
             list.remove(at);
         }
+    }
+}
+
+/// A write replaced `visible`, which its author saw: if that was a local
+/// write still to be accounted for, it is (overwritten by the user).
+fn overwritten(list: &mut Vec<Option<Raw>>, visible: &Option<Raw>) {
+    if let Some(at) = list.iter().rposition(|v| v == visible) {
+        list.remove(at);
     }
 }
