@@ -531,6 +531,9 @@ struct Slot {
     unaccounted: BTreeMap<String, Vec<Option<Raw>>>,
 }
 
+/// Changes the server decided: (client id, mutation) -> (group, key, base
+/// version, value).
+type Decided = BTreeMap<(String, u64), (String, String, u64, Option<Raw>)>;
 type Acks = BTreeMap<(String, String), BTreeMap<u64, Option<Raw>>>;
 /// Purged tombstones: (group, key) -> highest version.
 type Purged = BTreeMap<(String, String), u64>;
@@ -558,7 +561,7 @@ struct Sim<S> {
     purged: Purged,
     /// The step of the server's last checkpoint, and what the checker knew
     /// then (acknowledgements and purges), put back with it.
-    checkpoint: Option<(u64, Acks, Purged)>,
+    checkpoint: Option<(u64, Acks, Purged, Decided)>,
     step_no: u64,
     /// A restore, a storage loss or a purge happened: an engine may then
     /// collide with a write of its own that it no longer knows of.
@@ -567,9 +570,12 @@ struct Sim<S> {
     check_sends: bool,
     next_tx: u64,
     /// What reached the server under each (client id, mutation number):
-    /// (group, key, value). The checker's own record, independent of the
-    /// server's (which forgets answers below a push's low-water mark).
-    sent_mutations: BTreeMap<(String, u64), (String, String, Option<Raw>)>,
+    /// (group, key, base version, value): the protocol's "same change". The
+    /// checker's own record, independent of the server's (which forgets
+    /// answers below a push's low-water mark).
+    /// Put back with the server's database: a restored server forgot what
+    /// it decided since, and may see those numbers again.
+    sent_mutations: Decided,
     /// Client ids whose engine lost its storage: they number again from 1
     /// (the server refuses the reuse and the engine takes a new id).
     amnesic: BTreeSet<String>,
@@ -1226,6 +1232,7 @@ impl<S: SimServer> Sim<S> {
                 let result = self.server.push(push);
                 self.log(|| format!("server: {push:?} -> {result:?}"));
                 if let Ok(response) = &result {
+                    self.record_decided(push, response);
                     self.account_push(slot, push, response);
                     self.record_acks(push, response);
                 }
@@ -1240,11 +1247,17 @@ impl<S: SimServer> Sim<S> {
     }
 
     /// A client id never numbers two different changes alike (unless its
-    /// engine lost its storage, which the server must catch): records what
-    /// reaches the server under each (client id, mutation number).
-    fn check_numbering(&mut self, push: &PushRequest) -> Result<(), String> {
+    /// engine lost its storage, which the server must catch): checks a push
+    /// against what the server decided before under each (client id,
+    /// mutation number).
+    fn check_numbering(&self, push: &PushRequest) -> Result<(), String> {
         for change in &push.changes {
-            let content = (push.group.clone(), change.key.clone(), change.value.clone());
+            let content = (
+                push.group.clone(),
+                change.key.clone(),
+                change.base_version,
+                change.value.clone(),
+            );
             let id = (push.client_id.clone(), change.mutation);
             match self.sent_mutations.get(&id) {
                 Some(earlier) if *earlier != content && !self.amnesic.contains(&push.client_id) => {
@@ -1253,13 +1266,34 @@ impl<S: SimServer> Sim<S> {
                         push.client_id, change.mutation
                     ));
                 }
-                Some(_) => {}
-                None => {
-                    self.sent_mutations.insert(id, content);
-                }
+                _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Records the changes a push answer decided. A refused push (an error
+    /// answer) decides nothing: its numbers may be sent again with other
+    /// content, as the protocol says.
+    fn record_decided(&mut self, push: &PushRequest, response: &PushResponse) {
+        for result in &response.results {
+            let Some(change) = push
+                .changes
+                .iter()
+                .find(|c| c.mutation == result.mutation())
+            else {
+                continue;
+            };
+            let content = (
+                push.group.clone(),
+                change.key.clone(),
+                change.base_version,
+                change.value.clone(),
+            );
+            self.sent_mutations
+                .entry((push.client_id.clone(), change.mutation))
+                .or_insert(content);
+        }
     }
 
     /// A write made before a reset may be settled by a pull: when its key
@@ -1729,7 +1763,12 @@ impl<S: SimServer> Sim<S> {
     fn checkpoint_server(&mut self) {
         self.stats.checkpoints += 1;
         self.server.checkpoint();
-        self.checkpoint = Some((self.step_no, self.acks.clone(), self.purged.clone()));
+        self.checkpoint = Some((
+            self.step_no,
+            self.acks.clone(),
+            self.purged.clone(),
+            self.sent_mutations.clone(),
+        ));
         self.log(|| "server database copied aside".to_owned());
     }
 
@@ -1737,7 +1776,7 @@ impl<S: SimServer> Sim<S> {
     /// ago stands for the loss of the last commits, an older one for a
     /// restored backup. What was acknowledged after it is lost for good.
     fn restore_server(&mut self) {
-        let Some((at, acks, purged)) = self.checkpoint.clone() else {
+        let Some((at, acks, purged, decided)) = self.checkpoint.clone() else {
             return;
         };
         if self.step_no - at <= 10 {
@@ -1747,6 +1786,7 @@ impl<S: SimServer> Sim<S> {
         }
         self.acks = acks;
         self.purged = purged;
+        self.sent_mutations = decided;
         self.history_lost = true;
         self.server_life += 1;
         self.server.restore_checkpoint();
