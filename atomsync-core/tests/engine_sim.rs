@@ -89,3 +89,49 @@ fn checker_catches_a_replayless_handover() {
         "{error}"
     );
 }
+
+/// Mutant: the leader applies a follower's write on whatever it shows, not
+/// on the value the follower saw (issue 9, finding 4). The checker judges
+/// forwarded writes by the values the tabs showed, not by the fingerprint
+/// (`Seen`) the code under test computes, so it sees the silent overwrite.
+#[test]
+fn checker_catches_a_blind_forward() {
+    let config = SimConfig {
+        mutant: Some(Mutant::BlindForward),
+        ..SimConfig::default()
+    };
+    let error = first_failure(&config, 300).expect("a blind forward is caught");
+    assert!(
+        error.message.contains("lost without a conflict report"),
+        "{error}"
+    );
+}
+
+/// Mutant: a sync halted by a 401 stays halted when the token comes back
+/// (issue 9, finding 6).
+#[test]
+fn checker_catches_a_halt_that_never_ends() {
+    let config = SimConfig {
+        mutant: Some(Mutant::NoResumeOnToken),
+        ..SimConfig::default()
+    };
+    let error = first_failure(&config, 300).expect("a halt that never ends is caught");
+    assert!(error.message.contains("halted at the end"), "{error}");
+}
+
+/// Mutant: a failed transaction is only reported, the engine goes on from
+/// its state in memory (issue 9, finding 1).
+#[test]
+fn checker_catches_an_engine_not_restored_after_a_failed_transaction() {
+    let config = SimConfig {
+        mutant: Some(Mutant::NoRestoreOnAbort),
+        ..SimConfig::default()
+    };
+    let error = first_failure(&config, 300).expect("a missing restore is caught");
+    let caught = [
+        "that the storage does not hold",
+        "storage differs from the engine",
+        "lost without a conflict report",
+    ];
+    assert!(caught.iter().any(|c| error.message.contains(c)), "{error}");
+}

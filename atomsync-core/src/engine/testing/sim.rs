@@ -25,7 +25,14 @@
 //! transaction that commits its result. The leader can vanish at any step
 //! with its uncommitted transactions; after its lease a follower takes
 //! over, restores the engines from the storage and applies the outbox.
-//! Followers close and tabs open. Then the
+//! Followers close and tabs open.
+//!
+//! Tokens expire: a client's requests are then answered 401 until a new
+//! token comes, and the modelled adapter resumes the halted engines when it
+//! does. Values of every size are written: some make a push too large for
+//! the server, some are too large alone (refused and reported by the
+//! server), a few larger than any push may be (refused by the engine, also
+//! when a follower forwarded them). Then the
 //! faults stop and everyone syncs until nothing changes, and the simulation
 //! checks:
 //!
@@ -56,9 +63,23 @@
 //!   or reports the collision ([`ConflictCause::Concurrent`], both values);
 //! - every outbox is empty at rest: a new leader applied what the last one
 //!   left;
+//! - no engine is halted at rest (a 401 ends when the token comes back);
 //! - the cursor never skipped a change: after every pull page an engine uses,
 //!   every document whose last change is at or before its cursor has the
 //!   server's version in the engine.
+//!
+//! ## What the model shares with the code under test
+//!
+//! The committed state is kept with the engine's own [`MemoryStorage`]
+//! (`Snapshot::apply`), restored with [`Engine::restore`], and the
+//! followers' fingerprints are [`Seen::of`]. The engine's tests check that
+//! replaying batches gives the engine's snapshot
+//! (`batches_replay_to_the_snapshot`); the checker judges forwarded writes
+//! by the values the tabs showed, never by the fingerprint, so a fingerprint
+//! that matches too much is caught (the `BlindForward` mutant). The
+//! numbering check keeps its own record of what the server decided rather
+//! than trusting the server's (which forgets below a low-water mark).
+//! [`Mutant`]s put known adapter bugs back in, and tests show each is caught.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -120,6 +141,16 @@ pub enum Mutant {
     /// A new leader does not apply the outbox entries left by the one before
     /// it (issue 9, finding 3: replay only by the tab that took them).
     ReplaylessHandover,
+    /// A follower's write is applied on whatever the leader shows, not on
+    /// the value its tab saw (issue 9, finding 4: no base version).
+    BlindForward,
+    /// The adapter does not resume a sync halted by a 401 when the token
+    /// comes back (issue 9, finding 6: halts never end).
+    NoResumeOnToken,
+    /// A failed transaction is only reported: the engine goes on from its
+    /// state in memory, which the storage does not hold (issue 9, finding
+    /// 1).
+    NoRestoreOnAbort,
 }
 
 impl Default for SimConfig {
@@ -216,6 +247,13 @@ pub struct SimStats {
     /// Forwarded writes that collided with a change made since their tab
     /// saw the document, reported.
     pub concurrent_conflicts: u64,
+    /// Tokens lost (expired, logged out): every request of the client is
+    /// answered 401 until a new token comes.
+    pub token_losses: u64,
+    /// Requests refused for want of a token.
+    pub unauthorized: u64,
+    /// Engines halted by a 401 and resumed when the token came back.
+    pub token_resumes: u64,
     /// Known limitation, not a failure: local writes shown but not yet
     /// committed when the process died. They are gone after the restart,
     /// unreported (nothing is left to report them); nothing that depends on
@@ -277,6 +315,10 @@ impl SimStats {
                 && self.concurrent_conflicts > 0,
             "{self:?}"
         );
+        assert!(
+            self.token_losses > 0 && self.unauthorized > 0 && self.token_resumes > 0,
+            "{self:?}"
+        );
     }
 
     fn add(&mut self, other: &SimStats) {
@@ -317,6 +359,9 @@ impl SimStats {
         self.followers_closed += other.followers_closed;
         self.handovers_with_outbox += other.handovers_with_outbox;
         self.concurrent_conflicts += other.concurrent_conflicts;
+        self.token_losses += other.token_losses;
+        self.unauthorized += other.unauthorized;
+        self.token_resumes += other.token_resumes;
     }
 }
 
@@ -489,8 +534,11 @@ struct Tx {
 struct Entry {
     key: String,
     value: Option<Raw>,
-    /// What the follower showed when it wrote.
+    /// The fingerprint of what the follower showed when it wrote.
     seen: Seen,
+    /// What it showed, for the checker only: the checker judges by values,
+    /// not by the fingerprint the code under test computes.
+    saw: Option<Raw>,
 }
 
 /// The tabs of one browser (client): they share its storage; one of them,
@@ -546,6 +594,8 @@ struct Sim<S> {
     slots: Vec<Slot>,
     incarnations: Vec<u64>,
     browsers: Vec<Browser>,
+    /// Per client: no token before this time (the app waits for a login).
+    token_back_at: Vec<u64>,
     next_tab: u64,
     next_entry: u64,
     server_life: u64,
@@ -656,6 +706,7 @@ impl<S: SimServer> Sim<S> {
             slots,
             incarnations: vec![0; clients],
             browsers,
+            token_back_at: vec![0; clients],
             next_tab,
             next_entry: 0,
             server_life: 0,
@@ -729,7 +780,12 @@ impl<S: SimServer> Sim<S> {
     fn step(&mut self) -> Result<(), String> {
         self.step_no += 1;
         for index in 0..self.slots.len() {
-            if self.slots[index].engine.status().halted.is_some() && self.rng.chance(0.05) {
+            let Some(halt) = self.slots[index].engine.status().halted else {
+                continue;
+            };
+            if halt.kind == FailureKind::Auth {
+                self.resume_on_token(index);
+            } else if self.rng.chance(0.05) {
                 self.log(|| format!("slot {index}: app resumes after halt"));
                 self.slots[index].engine.resume();
             }
@@ -978,6 +1034,13 @@ impl<S: SimServer> Sim<S> {
             self.fail_request(slot, id, incarnation, request, failure);
             return Ok(());
         }
+        let client = self.slots[slot].client;
+        if self.now < self.token_back_at[client] {
+            // No token: the server refuses the request.
+            self.stats.unauthorized += 1;
+            self.fail_request(slot, id, incarnation, request, Failure::Status(401));
+            return Ok(());
+        }
         let roll = self.rng.unit();
         if roll < 0.08 {
             self.stats.lost_requests += 1;
@@ -992,6 +1055,9 @@ impl<S: SimServer> Sim<S> {
             } else if roll < 0.12 {
                 Failure::Status(503)
             } else if roll < 0.125 {
+                // The token expired: none until the user logs in again.
+                self.stats.token_losses += 1;
+                self.token_back_at[client] = self.now + self.rng.between(10, 300);
                 Failure::Status(401)
             } else {
                 Failure::Status(400)
@@ -1217,6 +1283,9 @@ impl<S: SimServer> Sim<S> {
         forget_writes(&mut slot_ref.unaccounted, &lost);
         // Outbox entries it applied stay in the outbox: applied again.
         slot_ref.draining.clear();
+        if self.mutant == Some(Mutant::NoRestoreOnAbort) {
+            return;
+        }
         slot_ref.push = None;
         slot_ref.pull = None;
         slot_ref.engine = restore_engine(slot_ref);
@@ -1565,6 +1634,19 @@ impl<S: SimServer> Sim<S> {
         self.log(|| format!("client {client} restarts"));
     }
 
+    /// The adapter resumes a sync halted by a 401 when the token signal
+    /// gives a token again.
+    fn resume_on_token(&mut self, index: usize) {
+        if self.now < self.token_back_at[self.slots[index].client]
+            || self.mutant == Some(Mutant::NoResumeOnToken)
+        {
+            return;
+        }
+        self.stats.token_resumes += 1;
+        self.log(|| format!("slot {index}: token back, resumes"));
+        self.slots[index].engine.resume();
+    }
+
     /// Whether the slot's browser has a leader tab (which runs the engine).
     fn leads(&self, index: usize) -> bool {
         self.browsers[self.slots[index].client].leader.is_some()
@@ -1621,6 +1703,7 @@ impl<S: SimServer> Sim<S> {
                 key: key.clone(),
                 value: value.clone(),
                 seen,
+                saw: visible,
             },
         );
         self.stats.follower_writes += 1;
@@ -1649,13 +1732,17 @@ impl<S: SimServer> Sim<S> {
                 slot.draining.insert(id);
             }
             let visible = slot.engine.get(&entry.key).cloned();
+            let seen = match self.mutant {
+                Some(Mutant::BlindForward) => slot.engine.seen(&entry.key),
+                _ => entry.seen,
+            };
             match slot
                 .engine
-                .write_based(entry.key.clone(), entry.value.clone(), entry.seen)
+                .write_based(entry.key.clone(), entry.value.clone(), seen)
             {
                 Ok(effects) => {
                     let list = slot.unaccounted.entry(entry.key.clone()).or_default();
-                    if Seen::of(visible.as_ref()) == entry.seen {
+                    if visible == entry.saw {
                         // Its author saw what it overwrites.
                         overwritten(list, &visible);
                     } else if visible == entry.value {
@@ -1969,8 +2056,15 @@ impl<S: SimServer> Sim<S> {
                 self.take_over(client)?;
             }
         }
-        for slot in &mut self.slots {
-            slot.engine.resume();
+        // Tokens come back (resumed by the token); the app deals with
+        // permanent failures.
+        self.token_back_at.iter_mut().for_each(|at| *at = 0);
+        for index in 0..self.slots.len() {
+            match self.slots[index].engine.status().halted {
+                Some(halt) if halt.kind == FailureKind::Auth => self.resume_on_token(index),
+                Some(_) => self.slots[index].engine.resume(),
+                None => {}
+            }
         }
         for _ in 0..QUIESCENCE_ROUNDS {
             let mut pushed = false;
