@@ -135,3 +135,19 @@ fn checker_catches_an_engine_not_restored_after_a_failed_transaction() {
     ];
     assert!(caught.iter().any(|c| error.message.contains(c)), "{error}");
 }
+
+/// Mutant: a failed transaction is skipped and the later ones are written
+/// (issue 9, finding 2). With the send check off, the stored-cursor check
+/// catches a cursor stored past a pull page that was never stored.
+#[test]
+fn checker_catches_a_cursor_stored_past_a_lost_page() {
+    let config = SimConfig {
+        mutant: Some(Mutant::SkipFailedTransaction),
+        check_sends: false,
+        ..SimConfig::default()
+    };
+    let caught = (0..1000)
+        .filter_map(|seed| simulate(seed, FakeServer::new(), &config).err())
+        .find(|error| error.message.contains("stored cursor"));
+    assert!(caught.is_some(), "the stored-cursor check never failed");
+}

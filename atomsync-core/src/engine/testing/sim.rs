@@ -151,6 +151,10 @@ pub enum Mutant {
     /// state in memory, which the storage does not hold (issue 9, finding
     /// 1).
     NoRestoreOnAbort,
+    /// A failed transaction is skipped: the ones after it are written
+    /// anyway, and the engine goes on (issue 9, finding 2: a pull page lost,
+    /// the next page's cursor stored past it).
+    SkipFailedTransaction,
 }
 
 impl Default for SimConfig {
@@ -1276,14 +1280,21 @@ impl<S: SimServer> Sim<S> {
     /// last committed state, and the writes lost are reported to the user.
     fn abort(&mut self, slot: usize) {
         self.stats.storage_aborts += 1;
-        let txs: Vec<Tx> = self.slots[slot].txs.drain(..).collect();
+        let failed = match self.mutant {
+            Some(Mutant::SkipFailedTransaction) => 1,
+            _ => self.slots[slot].txs.len(),
+        };
+        let txs: Vec<Tx> = self.slots[slot].txs.drain(..failed).collect();
         let lost: Vec<(String, Option<Raw>)> = txs.into_iter().flat_map(|t| t.writes).collect();
         self.stats.aborted_writes_reported += lost.len() as u64;
         let slot_ref = &mut self.slots[slot];
         forget_writes(&mut slot_ref.unaccounted, &lost);
         // Outbox entries it applied stay in the outbox: applied again.
         slot_ref.draining.clear();
-        if self.mutant == Some(Mutant::NoRestoreOnAbort) {
+        if matches!(
+            self.mutant,
+            Some(Mutant::NoRestoreOnAbort | Mutant::SkipFailedTransaction)
+        ) {
             return;
         }
         slot_ref.push = None;
