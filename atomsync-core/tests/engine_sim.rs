@@ -151,3 +151,21 @@ fn checker_catches_a_cursor_stored_past_a_lost_page() {
         .find(|error| error.message.contains("stored cursor"));
     assert!(caught.is_some(), "the stored-cursor check never failed");
 }
+
+/// Mutant: a leader frozen past its lease is not fenced and commits over
+/// its successor's state when it wakes (issue 9, finding 5).
+#[test]
+fn checker_catches_an_unfenced_leader() {
+    let config = SimConfig {
+        mutant: Some(Mutant::NoFence),
+        ..SimConfig::default()
+    };
+    let error = first_failure(&config, 300).expect("an unfenced leader is caught");
+    let caught = [
+        "lost without a conflict report",
+        "storage differs from the engine",
+        "reused mutation number",
+        "that the storage does not hold",
+    ];
+    assert!(caught.iter().any(|c| error.message.contains(c)), "{error}");
+}

@@ -25,6 +25,9 @@
 //! transaction that commits its result. The leader can vanish at any step
 //! with its uncommitted transactions; after its lease a follower takes
 //! over, restores the engines from the storage and applies the outbox.
+//! A leader can also freeze past its lease (a throttled background tab):
+//! when it wakes its transactions are fenced (they abort) and it hands its
+//! unsaved writes over through the outbox, as a follower does.
 //! Followers close and tabs open.
 //!
 //! Tokens expire: a client's requests are then answered 401 until a new
@@ -155,6 +158,10 @@ pub enum Mutant {
     /// anyway, and the engine goes on (issue 9, finding 2: a pull page lost,
     /// the next page's cursor stored past it).
     SkipFailedTransaction,
+    /// A leader frozen past its lease (a background tab) is not fenced: on
+    /// waking it commits its transactions over its successor's state
+    /// (issue 9, finding 5: no Web Locks, no safety).
+    NoFence,
 }
 
 impl Default for SimConfig {
@@ -251,6 +258,12 @@ pub struct SimStats {
     /// Forwarded writes that collided with a change made since their tab
     /// saw the document, reported.
     pub concurrent_conflicts: u64,
+    /// Leader tabs frozen past their lease (a throttled background tab)
+    /// while a follower took over.
+    pub leaders_frozen: u64,
+    /// Uncommitted writes of a frozen leader, fenced on waking and handed
+    /// over to the new leader through the outbox.
+    pub frozen_writes_handed_over: u64,
     /// Tokens lost (expired, logged out): every request of the client is
     /// answered 401 until a new token comes.
     pub token_losses: u64,
@@ -323,6 +336,10 @@ impl SimStats {
             self.token_losses > 0 && self.unauthorized > 0 && self.token_resumes > 0,
             "{self:?}"
         );
+        assert!(
+            self.leaders_frozen > 0 && self.frozen_writes_handed_over > 0,
+            "{self:?}"
+        );
     }
 
     fn add(&mut self, other: &SimStats) {
@@ -363,6 +380,8 @@ impl SimStats {
         self.followers_closed += other.followers_closed;
         self.handovers_with_outbox += other.handovers_with_outbox;
         self.concurrent_conflicts += other.concurrent_conflicts;
+        self.leaders_frozen += other.leaders_frozen;
+        self.frozen_writes_handed_over += other.frozen_writes_handed_over;
         self.token_losses += other.token_losses;
         self.unauthorized += other.unauthorized;
         self.token_resumes += other.token_resumes;
@@ -531,6 +550,17 @@ struct Tx {
     writes: Vec<(String, Option<Raw>)>,
     /// The outbox entries it applied: deleted when it commits.
     applied: Vec<u64>,
+    /// What each of `writes` overwrote (the value its tab showed before).
+    saw: Vec<Option<Raw>>,
+}
+
+/// A leader tab frozen past its lease, and what it had not committed.
+#[derive(Debug)]
+struct Frozen {
+    tab: u64,
+    wake_at: u64,
+    /// Per slot: its uncommitted transactions.
+    txs: Vec<(usize, Tx)>,
 }
 
 /// A follower's write in the outbox (durable, in the shared storage).
@@ -554,6 +584,8 @@ struct Browser {
     leader: Option<u64>,
     /// When a follower may take over (the last leader's lease passes).
     leaderless_until: u64,
+    /// Former leaders frozen past their lease, not awake yet.
+    frozen: Vec<Frozen>,
 }
 
 /// One engine of one client.
@@ -699,6 +731,7 @@ impl<S: SimServer> Sim<S> {
                     leader: tabs.first().copied(),
                     tabs,
                     leaderless_until: 0,
+                    frozen: Vec::new(),
                 }
             })
             .collect();
@@ -795,6 +828,7 @@ impl<S: SimServer> Sim<S> {
             }
         }
         for client in 0..self.browsers.len() {
+            self.wake_frozen(client, false);
             let browser = &self.browsers[client];
             if browser.leader.is_none()
                 && !browser.tabs.is_empty()
@@ -812,6 +846,10 @@ impl<S: SimServer> Sim<S> {
         let client = self.slots[slot].client;
         if self.rng.chance(0.01) {
             return self.vanish_leader(client);
+        }
+        if self.rng.chance(0.004) {
+            self.freeze_leader(client);
+            return Ok(());
         }
         if self.rng.chance(0.006) {
             self.close_follower(client);
@@ -915,7 +953,11 @@ impl<S: SimServer> Sim<S> {
         let list = slot.unaccounted.entry(key.clone()).or_default();
         overwritten(list, &visible);
         list.push(value.clone());
-        self.apply_writes(index, effects, vec![(key, value)])
+        self.apply_writes(index, effects, vec![(key, value)])?;
+        if let Some(tx) = self.slots[index].txs.back_mut() {
+            tx.saw.push(visible);
+        }
+        Ok(())
     }
 
     fn drive(&mut self, index: usize) -> Result<(), String> {
@@ -1234,6 +1276,7 @@ impl<S: SimServer> Sim<S> {
             batch,
             writes,
             applied,
+            saw: Vec::new(),
         });
         if !self.faults {
             while !self.slots[slot].txs.is_empty() {
@@ -1637,10 +1680,18 @@ impl<S: SimServer> Sim<S> {
                 self.next_tab
             })
             .collect();
+        // Frozen tabs die too, with what they showed.
+        for frozen in std::mem::take(&mut self.browsers[client].frozen) {
+            for (index, tx) in frozen.txs {
+                self.stats.shown_writes_lost_in_crash += tx.writes.len() as u64;
+                forget_writes(&mut self.slots[index].unaccounted, &tx.writes);
+            }
+        }
         self.browsers[client] = Browser {
             leader: tabs.first().copied(),
             tabs,
             leaderless_until: 0,
+            frozen: Vec::new(),
         };
         self.log(|| format!("client {client} restarts"));
     }
@@ -1805,6 +1856,83 @@ impl<S: SimServer> Sim<S> {
         Ok(())
     }
 
+    /// The leader tab of `client` is frozen (a throttled background tab)
+    /// past its lease: a follower takes over meanwhile. Its uncommitted
+    /// transactions wait with it.
+    fn freeze_leader(&mut self, client: usize) {
+        let Some(leader) = self.browsers[client].leader else {
+            return;
+        };
+        if self.browsers[client].tabs.len() < 2 {
+            // Nobody to take over.
+            return;
+        }
+        self.stats.leaders_frozen += 1;
+        self.incarnations[client] += 1;
+        let wake_at = self.now + MAX_LEASE_MS + self.rng.between(1, 200);
+        let mut txs = Vec::new();
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            if slot.client != client {
+                continue;
+            }
+            txs.extend(slot.txs.drain(..).map(|tx| (index, tx)));
+            slot.draining.clear();
+            slot.push = None;
+            slot.pull = None;
+        }
+        let browser = &mut self.browsers[client];
+        browser.tabs.retain(|t| *t != leader);
+        browser.leader = None;
+        browser.leaderless_until = self.now + self.rng.between(0, MAX_LEASE_MS);
+        browser.frozen.push(Frozen {
+            tab: leader,
+            wake_at,
+            txs,
+        });
+        self.log(|| format!("client {client}: leader tab {leader} freezes"));
+    }
+
+    /// Frozen tabs whose time came (all if `all`) wake. Every transaction
+    /// of a leader is fenced by its lease, so theirs abort; they step down
+    /// and hand their unsaved writes over as followers do (through the
+    /// outbox, with the value they showed before).
+    fn wake_frozen(&mut self, client: usize, all: bool) {
+        let now = self.now;
+        let (awake, frozen): (Vec<Frozen>, Vec<Frozen>) =
+            std::mem::take(&mut self.browsers[client].frozen)
+                .into_iter()
+                .partition(|f| all || f.wake_at <= now);
+        self.browsers[client].frozen = frozen;
+        for frozen in awake {
+            if self.mutant == Some(Mutant::NoFence) {
+                // Not fenced: it commits over its successor's state.
+                for (index, tx) in &frozen.txs {
+                    let _ = self.slots[*index].storage.apply(&tx.batch);
+                }
+            } else {
+                for (index, tx) in frozen.txs {
+                    for ((key, value), saw) in tx.writes.into_iter().zip(tx.saw) {
+                        self.stats.frozen_writes_handed_over += 1;
+                        self.next_entry += 1;
+                        let entry = Entry {
+                            key,
+                            value,
+                            seen: Seen::of(saw.as_ref()),
+                            saw,
+                        };
+                        self.slots[index].outbox.insert(self.next_entry, entry);
+                    }
+                }
+            }
+            let tab = frozen.tab;
+            if (self.browsers[client].tabs.len() as u64) < MAX_TABS {
+                self.browsers[client].tabs.push(tab);
+            }
+            self.log(|| format!("client {client}: tab {tab} wakes and steps down"));
+        }
+    }
+
     /// The oldest tab of `client` takes the lead: it restores the engines
     /// from the shared storage and applies the outbox.
     fn take_over(&mut self, client: usize) -> Result<(), String> {
@@ -1931,6 +2059,7 @@ impl<S: SimServer> Sim<S> {
         self.stats.storage_losses += 1;
         self.history_lost = true;
         self.incarnations[client] += 1;
+        self.browsers[client].frozen.clear();
         for slot in self.slots.iter_mut().filter(|s| s.client == client) {
             slot.push = None;
             slot.pull = None;
@@ -2060,6 +2189,7 @@ impl<S: SimServer> Sim<S> {
             self.process_due()?;
         }
         for client in 0..self.browsers.len() {
+            self.wake_frozen(client, true);
             if self.browsers[client].leader.is_none() {
                 if self.browsers[client].tabs.is_empty() {
                     self.open_tab(client);
