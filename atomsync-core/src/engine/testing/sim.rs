@@ -246,6 +246,9 @@ pub struct SimStats {
     pub crashes_after_commit: u64,
     /// Writes made in follower tabs (forwarded through the outbox).
     pub follower_writes: u64,
+    /// Forwarded writes larger than any push may be: refused by the
+    /// leader's engine and reported, the others applied.
+    pub refused_forwarded: u64,
     /// Leader tabs that vanished (closed, crashed, killed), all their
     /// uncommitted transactions with them.
     pub leaders_vanished: u64,
@@ -323,7 +326,10 @@ impl SimStats {
             "{self:?}"
         );
         assert!(
-            self.follower_writes > 0 && self.leaders_vanished > 0 && self.followers_closed > 0,
+            self.follower_writes > 0
+                && self.refused_forwarded > 0
+                && self.leaders_vanished > 0
+                && self.followers_closed > 0,
             "{self:?}"
         );
         assert!(
@@ -375,6 +381,7 @@ impl SimStats {
         self.crashes_after_commit += other.crashes_after_commit;
         self.shown_writes_lost_in_crash += other.shown_writes_lost_in_crash;
         self.follower_writes += other.follower_writes;
+        self.refused_forwarded += other.refused_forwarded;
         self.leaders_vanished += other.leaders_vanished;
         self.leaders_vanished_mid_forward += other.leaders_vanished_mid_forward;
         self.followers_closed += other.followers_closed;
@@ -1816,6 +1823,7 @@ impl<S: SimServer> Sim<S> {
                 // Reported to the user, and the entry deleted.
                 Err(EngineError::TooLarge { .. }) => {
                     self.stats.refused_writes += 1;
+                    self.stats.refused_forwarded += 1;
                     forget_writes(&mut slot.unaccounted, &[(entry.key, entry.value)]);
                     self.persist(index, Batch::default(), Vec::new(), vec![id])?;
                 }
