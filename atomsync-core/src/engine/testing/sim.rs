@@ -1068,23 +1068,14 @@ impl<S: SimServer> Sim<S> {
             incarnation,
             request,
         };
+        // The server refuses a body larger than it takes, faults or not.
+        if let Some(failure) = self.too_large(&request) {
+            self.fail_request(slot, id, incarnation, request, failure);
+            return Ok(());
+        }
         if !self.faults {
             let delay = self.delay();
             self.schedule(delay, arrive(request, self.server_life));
-            return Ok(());
-        }
-        // The server refuses a body larger than it takes, faults or not.
-        if let Request::Push(push) = &request
-            && crate::sexpr::to_vec(push).map_or(0, |body| body.len()) > SERVER_MAX_BODY
-        {
-            self.stats.too_large_pushes += 1;
-            let failure = Failure::Error(ErrorBody {
-                error: ErrorCode::TooLarge,
-                message: format!(
-                    "request body is larger than the limit of {SERVER_MAX_BODY} bytes"
-                ),
-            });
-            self.fail_request(slot, id, incarnation, request, failure);
             return Ok(());
         }
         let client = self.slots[slot].client;
@@ -1126,6 +1117,21 @@ impl<S: SimServer> Sim<S> {
             self.schedule(delay, arrive(request, self.server_life));
         }
         Ok(())
+    }
+
+    /// The server's answer to a push body larger than it takes (413).
+    fn too_large(&mut self, request: &Request) -> Option<Failure> {
+        let Request::Push(push) = request else {
+            return None;
+        };
+        if crate::sexpr::to_vec(push).map_or(0, |body| body.len()) <= SERVER_MAX_BODY {
+            return None;
+        }
+        self.stats.too_large_pushes += 1;
+        Some(Failure::Error(ErrorBody {
+            error: ErrorCode::TooLarge,
+            message: format!("request body is larger than the limit of {SERVER_MAX_BODY} bytes"),
+        }))
     }
 
     /// Answers `request` with `failure`, after a delay, without reaching the
@@ -2244,7 +2250,10 @@ impl<S: SimServer> Sim<S> {
                 let id = self.next_request;
                 let request = Request::Push(request);
                 self.check_send(index, &request)?;
-                let answer = self.serve(index, &request)?;
+                let answer = match self.too_large(&request) {
+                    Some(failure) => Answer::Push(Err(failure)),
+                    None => self.serve(index, &request)?,
+                };
                 self.deliver(index, id, request, answer)?;
                 continue;
             }
