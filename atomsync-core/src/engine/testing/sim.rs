@@ -22,7 +22,10 @@
 //! (followers) show what it announces, late, and put their writes in a
 //! durable outbox with a fingerprint of the value they saw; the leader
 //! applies them with [`Engine::write_based`] and deletes each entry in the
-//! transaction that commits its result. The leader can vanish at any step
+//! transaction that commits its result (the follower's outbox put is
+//! modelled as committing at once: a follower write shown before its put
+//! commits is the same known gap as a leader's uncommitted write). The
+//! leader can vanish at any step
 //! with its uncommitted transactions; after its lease a follower takes
 //! over, restores the engines from the storage and applies the outbox.
 //! A leader can also freeze past its lease (a throttled background tab):
