@@ -672,9 +672,11 @@ struct Sim<S> {
     /// Put back with the server's database: a restored server forgot what
     /// it decided since, and may see those numbers again.
     sent_mutations: Decided,
-    /// Client ids whose engine lost its storage: they number again from 1
-    /// (the server refuses the reuse and the engine takes a new id).
-    amnesic: BTreeSet<String>,
+    /// Client ids whose engine lost its storage, with the highest number it
+    /// had handed out: it numbers again from 1, so numbers up to that one
+    /// may come again (the server refuses them and the engine takes a new
+    /// id); numbers above it must still be unique.
+    amnesic: BTreeMap<String, u64>,
     stats: SimStats,
     trace: Option<Vec<String>>,
 }
@@ -772,7 +774,7 @@ impl<S: SimServer> Sim<S> {
             check_sends: config.check_sends,
             next_tx: 0,
             sent_mutations: BTreeMap::new(),
-            amnesic: BTreeSet::new(),
+            amnesic: BTreeMap::new(),
             stats: SimStats {
                 runs: 1,
                 clients: clients as u64,
@@ -1399,7 +1401,13 @@ impl<S: SimServer> Sim<S> {
             );
             let id = (push.client_id.clone(), change.mutation);
             match self.sent_mutations.get(&id) {
-                Some(earlier) if *earlier != content && !self.amnesic.contains(&push.client_id) => {
+                Some(earlier)
+                    if *earlier != content
+                        && self
+                            .amnesic
+                            .get(&push.client_id)
+                            .is_none_or(|&forgot| change.mutation > forgot) =>
+                {
                     return Err(format!(
                         "{} reused mutation number {} for {content:?}, which numbered {earlier:?}",
                         push.client_id, change.mutation
@@ -2084,7 +2092,12 @@ impl<S: SimServer> Sim<S> {
             slot.outbox.clear();
             slot.draining.clear();
             slot.mirrors.clear();
-            self.amnesic.insert(format!("c{client}-{}", slot.group));
+            let handed_out = slot.engine.snapshot().meta.next_mutation - 1;
+            let forgot = self
+                .amnesic
+                .entry(format!("c{client}-{}", slot.group))
+                .or_default();
+            *forgot = (*forgot).max(handed_out);
             slot.storage = MemoryStorage::default();
             slot.unaccounted.clear();
             slot.engine = Engine::new(slot.group.clone(), format!("c{client}-{}", slot.group))
