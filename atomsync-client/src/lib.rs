@@ -49,7 +49,7 @@ mod error;
 mod storage;
 mod transport;
 
-pub use client::{Client, ClientOptions, ConflictCallback, Location, SyncReport};
+pub use client::{Client, ClientOptions, ConflictCallback, Halted, Location, SyncReport};
 pub use error::{Error, Result};
 pub use storage::{SqliteDatabase, SqliteOptions, SqliteStorage, Synchronous};
 pub use transport::{DEFAULT_TIMEOUT, HttpTransport, Transport};
