@@ -44,8 +44,16 @@ pub enum HaltReason {
 }
 
 /// Why and since when a synced atom's sync is halted; see
-/// [`AtomStatus::halted`](crate::AtomStatus::halted) and the
-/// [module docs](self).
+/// [`AtomStatus::halted`](crate::AtomStatus::halted).
+///
+/// A request that retrying cannot fix halts the group's sync: the server
+/// refused the credentials (401, 403) or the request itself (another 4xx).
+/// Temporary failures (offline, timeouts, 5xx) never halt; they are retried
+/// with backoff. While halted, local reads and writes go on and are kept.
+/// What resumes depends on the [`HaltReason`]; any halt ends with
+/// [`SyncedAtom::resume`](crate::SyncedAtom::resume), from any tab, and at
+/// the next page load (halts are not stored: a refusal comes back only if
+/// the server still refuses).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct SyncHalt {
