@@ -3,6 +3,9 @@
 //!
 //! `ATOMSYNC_SEED=n` replays seed `n` with a trace; `ATOMSYNC_SIM_SEEDS=n`
 //! runs `n` seeds (default 1000).
+//!
+//! The mutant tests put a known adapter bug back in (`SimConfig::mutant`)
+//! and show that the checks catch it: the checks can fail.
 
 use atomsync_core::engine::testing::{
     FakeServer, Mutant, SimConfig, SimError, run_seeds, simulate,
@@ -17,6 +20,12 @@ fn engines_converge_under_faults() {
         |seed| FakeServer::new().reepoch_on_restart(seed % 4 == 1),
     );
     eprintln!("{stats:#?}");
+    // The known limitation, counted rather than failed: writes shown but
+    // not committed when their tab or process died are gone, unreported.
+    eprintln!(
+        "known limitation: {} of {} writes were shown but not committed when their tab or process died",
+        stats.shown_writes_lost_in_crash, stats.writes
+    );
     stats.assert_faults_happened();
 }
 
