@@ -205,7 +205,15 @@ async fn a_bulk_update_through_the_hook_persists_and_reloads() {
 #[cfg(feature = "fault-injection")]
 #[wasm_bindgen_test]
 async fn a_write_whose_transaction_aborts_is_never_pushed_and_is_reported() {
-    use atomsync_leptos::testing::{fail_next_commits, pushed_keys};
+    use atomsync_core::engine::Failure;
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::testing::{
+        fail_next_commits, fail_next_requests, pushed_keys, serve_with, stop_serving,
+    };
+    // A server that is never reachable: every request fails (temporarily,
+    // so the loop goes on trying), pushes after being recorded.
+    serve_with(FakeServer::new());
+    fail_next_requests(std::iter::repeat_n(Failure::Unreachable, 100_000));
     let app = format!("test-{}", random_id(6));
     let _ = any_spawner::Executor::init_wasm_bindgen();
     let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
@@ -213,8 +221,6 @@ async fn a_write_whose_transaction_aborts_is_never_pushed_and_is_reported() {
         let owner = Owner::new_root(None);
         owner.set();
         provide_atomsync(app.clone());
-        // Syncs through the server functions of the test page's origin,
-        // which has none: every push fails, after being recorded.
         let errors = errors.clone();
         let atom = use_synced_atom_with_options::<String>(
             "todo",
@@ -250,7 +256,7 @@ async fn a_write_whose_transaction_aborts_is_never_pushed_and_is_reported() {
         errors.borrow()
     );
     assert_eq!(atom.status().pending.get_untracked(), 0);
-    // The next write is stored and pushed (and fails: no server).
+    // The next write is stored and pushed (and fails: unreachable).
     atom.insert("kept", "stored".to_owned());
     let deadline = atomsync_leptos::browser::now_ms() + 5000;
     while !pushed_keys().contains(&"kept".to_owned()) {
@@ -279,6 +285,7 @@ async fn a_write_whose_transaction_aborts_is_never_pushed_and_is_reported() {
     assert_eq!(keys, ["after", "kept"]);
     assert_eq!(atom.status().pending.get_untracked(), 2);
     owner.cleanup();
+    stop_serving();
 }
 
 /// The persistence contract for pulls (issue #9, finding 2): the first

@@ -9,6 +9,7 @@
 
 #![cfg(target_arch = "wasm32")]
 
+use atomsync_core::engine::{Conflict, ConflictCause};
 use atomsync_core::protocol::{Change, Cursor, ErrorBody, ErrorCode, PullResponse, PushRequest};
 use atomsync_core::sexpr::{self, Raw};
 use atomsync_leptos::browser::{now_ms, random_id, sleep};
@@ -116,16 +117,19 @@ async fn a_hosts_413_refuses_the_document_instead_of_retrying_for_ever() {
     let app = format!("test-{}", random_id(6));
     let _ = any_spawner::Executor::init_wasm_bindgen();
     let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let conflicts = std::rc::Rc::new(std::cell::RefCell::new(Vec::<Conflict>::new()));
     let owner = Owner::new_root(None);
     owner.set();
     provide_atomsync(app);
     let atom = {
         let errors = errors.clone();
+        let conflicts = conflicts.clone();
         use_synced_atom_with_options::<String>(
             "todo",
             UseSyncedAtomOptions::default()
                 .poll_interval_ms(50)
-                .on_error(move |e| errors.borrow_mut().push(e.to_owned())),
+                .on_error(move |e| errors.borrow_mut().push(e.to_owned()))
+                .on_conflict(move |c| conflicts.borrow_mut().push(c.clone())),
         )
     };
     let deadline = now_ms() + 8_000;
@@ -147,12 +151,13 @@ async fn a_hosts_413_refuses_the_document_instead_of_retrying_for_ever() {
     }
     let pushes = pushes_seen();
     restore_fetch();
+    // Reported as a write too large for the server, with what was refused.
+    let conflicts = conflicts.borrow();
     assert!(
-        errors
-            .borrow()
-            .iter()
-            .any(|e| e.contains("\"note\"") && e.contains("refused")),
-        "{:?}",
+        conflicts.iter().any(|c| c.key == "note"
+            && c.cause == ConflictCause::TooLarge
+            && c.local.as_ref().map(|v| v.as_str()) == Some("\"too big for this host\"")),
+        "{conflicts:?} {:?}",
         errors.borrow()
     );
     assert!(atom.with_untracked(|d| !d.contains_key("note")));
