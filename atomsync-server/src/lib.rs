@@ -125,6 +125,7 @@
 mod auth;
 mod error;
 mod history;
+pub mod inspect;
 mod limits;
 mod origin;
 mod routes;
