@@ -210,7 +210,7 @@ impl Inspector {
             client.batch_execute("SET default_transaction_read_only = on")?;
             let found: Option<String> = client
                 .query_one("SELECT to_regclass('atomsync_meta')::text", &[])?
-                .get(0);
+                .try_get(0)?;
             if found.is_none() {
                 return Err(Error::Config(
                     "the PostgreSQL database holds no atomsync tables".to_owned(),
@@ -255,7 +255,9 @@ impl Inspector {
             Db::Postgres(client) => crate::store::off_runtime(move || {
                 let schema: i32 = client
                     .query_opt("SELECT version FROM atomsync_schema", &[])?
-                    .map_or(0, |r| r.get(0));
+                    .map(|r| r.try_get(0))
+                    .transpose()?
+                    .unwrap_or(0);
                 let meta = client
                     .query_opt(
                         "SELECT epoch, seq, purged_seq FROM atomsync_meta WHERE id = 1",
@@ -273,14 +275,14 @@ impl Inspector {
                     backend: "postgres",
                     schema_version: u64::try_from(schema).unwrap_or(0),
                     cursor: Cursor {
-                        epoch: meta.get(0),
-                        seq: u(meta.get(1)),
-                        floor: u(meta.get(2)),
+                        epoch: meta.try_get(0)?,
+                        seq: u(meta.try_get(1)?),
+                        floor: u(meta.try_get(2)?),
                     },
-                    groups: u(counts.get(0)),
-                    documents: u(counts.get(1)),
-                    tombstones: u(counts.get(2)),
-                    mutations: u(counts.get(3)),
+                    groups: u(counts.try_get(0)?),
+                    documents: u(counts.try_get(1)?),
+                    tombstones: u(counts.try_get(2)?),
+                    mutations: u(counts.try_get(3)?),
                 })
             }),
         }
@@ -317,8 +319,15 @@ impl Inspector {
                         &[],
                     )?
                     .iter()
-                    .map(|r| row(r.get(0), r.get(1), r.get(2), r.get(3)))
-                    .collect())
+                    .map(|r| {
+                        Ok(row(
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                        ))
+                    })
+                    .collect::<std::result::Result<Vec<_>, postgres::Error>>()?)
             }),
         }
     }
@@ -363,11 +372,12 @@ impl Inspector {
                     "SELECT grp, key, version, seq, changed_at, value FROM atomsync_documents \
                      WHERE grp = $1 {order} LIMIT $2"
                 );
-                Ok(client
+                let rows = client
                     .query(&sql, &[&group, &i(limit)])?
                     .iter()
                     .map(pg_document)
-                    .collect())
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(rows)
             }),
         }
     }
@@ -397,7 +407,8 @@ impl Inspector {
                         &[&group, &key],
                     )?
                     .as_ref()
-                    .map(pg_document))
+                    .map(pg_document)
+                    .transpose()?)
             }),
         }
     }
@@ -454,8 +465,17 @@ impl Inspector {
                         &[&group, &i(limit)],
                     )?
                     .iter()
-                    .map(|r| row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
-                    .collect())
+                    .map(|r| {
+                        Ok(row(
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                            r.try_get(4)?,
+                            r.try_get(5)?,
+                        ))
+                    })
+                    .collect::<std::result::Result<Vec<_>, postgres::Error>>()?)
             }),
         }
     }
@@ -492,13 +512,13 @@ fn sqlite_document(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDocument> {
     })
 }
 
-fn pg_document(r: &postgres::Row) -> StoredDocument {
-    StoredDocument {
-        group: r.get(0),
-        key: r.get(1),
-        version: u(r.get(2)),
-        seq: u(r.get(3)),
-        changed_at: u(r.get(4)),
-        value: r.get(5),
-    }
+fn pg_document(r: &postgres::Row) -> std::result::Result<StoredDocument, postgres::Error> {
+    Ok(StoredDocument {
+        group: r.try_get(0)?,
+        key: r.try_get(1)?,
+        version: u(r.try_get(2)?),
+        seq: u(r.try_get(3)?),
+        changed_at: u(r.try_get(4)?),
+        value: r.try_get(5)?,
+    })
 }

@@ -351,6 +351,9 @@ fn a_postgres_database_without_atomsync_tables_is_reported() {
     let url = common::pg::fresh_database();
     let e = fails(&url, &[], 1);
     assert!(e.contains("no atomsync tables"), "{e}");
+    // Nothing was created (no migration ran): the same answer again.
+    let e = fails(&url, &["groups"], 1);
+    assert!(e.contains("no atomsync tables"), "{e}");
     let e = fails("postgres://nobody@127.0.0.1:1/x", &[], 1);
     assert!(
         e.contains("Connection refused") || e.contains("connect"),
