@@ -151,9 +151,15 @@ impl Inspector {
     }
 
     fn open_sqlite(path: &Path) -> Result<Inspector> {
-        if !path.is_file() {
+        if !path.exists() {
             return Err(Error::Config(format!(
                 "no database at {}: the file is missing",
+                path.display()
+            )));
+        }
+        if !path.is_file() {
+            return Err(Error::Config(format!(
+                "{} is not a database file",
                 path.display()
             )));
         }

@@ -193,11 +193,12 @@ fn show(inspector: &mut Inspector, what: &What) -> Result<String, Failure> {
             }
         }
         What::Group { name, limit } => {
-            let documents = inspector.documents(name, *limit)?;
+            // One more than shown tells whether more remain.
+            let documents = inspector.documents(name, limit.saturating_add(1))?;
             rows(&mut out, name, &documents, *limit)?;
         }
         What::Changes { group, limit } => {
-            let documents = inspector.changes(group, *limit)?;
+            let documents = inspector.changes(group, limit.saturating_add(1))?;
             rows(&mut out, group, &documents, *limit)?;
         }
         What::Doc { group, key, full } => {
@@ -232,7 +233,9 @@ fn show(inspector: &mut Inspector, what: &What) -> Result<String, Failure> {
             }
         }
         What::Pending { group, limit } => {
-            let rows = inspector.mutations(group.as_deref(), *limit)?;
+            let mut rows = inspector.mutations(group.as_deref(), limit.saturating_add(1))?;
+            let more = rows.len() as u64 > *limit;
+            rows.truncate(usize::try_from(*limit).unwrap_or(usize::MAX));
             if rows.is_empty() {
                 out.push_str("no remembered mutations\n");
             } else {
@@ -257,7 +260,7 @@ fn show(inspector: &mut Inspector, what: &What) -> Result<String, Failure> {
                         base
                     );
                 }
-                if rows.len() as u64 == *limit {
+                if more {
                     let _ = writeln!(out, "(the first {limit}: --limit shows more)");
                 }
             }
@@ -290,7 +293,9 @@ fn rows(
         "{:>7}  {:width$}  {:>7}  {:<19}  VALUE",
         "CHANGE", "KEY", "VERSION", "CHANGED"
     );
-    for d in documents {
+    let more = documents.len() as u64 > limit;
+    let shown = usize::try_from(limit).unwrap_or(usize::MAX);
+    for d in documents.iter().take(shown) {
         let value = match &d.value {
             None => "(deleted)".to_owned(),
             Some(value) => {
@@ -311,7 +316,7 @@ fn rows(
             time(d.changed_at)
         );
     }
-    if documents.len() as u64 == limit {
+    if more {
         let _ = writeln!(out, "(the first {limit}: --limit shows more)");
     }
     Ok(())

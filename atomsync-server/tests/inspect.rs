@@ -190,6 +190,10 @@ on_both_backends! {
         assert_eq!(rows[0][..3], [(seq - 1).to_string().as_str(), "gone", "2"]);
         assert_eq!(rows[1][..3], [(seq - 2).to_string().as_str(), "a", "2"]);
         assert!(rows[2].join(" ").contains("--limit"), "{out}");
+        // No note when nothing more remains.
+        let out = ok(&db, &["changes", "todo", "--limit", "4"]);
+        assert_eq!(out.lines().count(), 5, "{out}");
+        assert!(!out.contains("--limit"), "{out}");
     }
 
     #[test]
@@ -323,6 +327,8 @@ fn a_missing_file_is_reported_and_not_created() {
     assert!(e.contains("missing"), "{e}");
     assert!(!path.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let e = fails(dir.path().to_str().unwrap(), &[], 1);
+    assert!(e.contains("is not a database file"), "{e}");
 }
 
 #[test]
