@@ -119,12 +119,16 @@
 //!   requests) and [`read_sexpr_body`] (content type, body size and time).
 //!   The router caps its `/events` streams; [`serve`] bounds connections
 //!   (header and idle timeouts, how many at once). See `docs/security.md`.
+//! - [`inspect::Inspector`] reads a database without writing to it (no
+//!   migration, no new epoch, a SQLite file never created): what the
+//!   `atomsync-server inspect` subcommand prints.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod auth;
 mod error;
 mod history;
+pub mod inspect;
 mod limits;
 mod origin;
 mod routes;

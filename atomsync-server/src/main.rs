@@ -4,6 +4,7 @@
 //! atomsync-server --port 8090 --db my-data.db [--users users.toml] [--bind 127.0.0.1]
 //! atomsync-server 8090 my-data.db
 //! atomsync-server --port 8090 --db postgres://atomsync@127.0.0.1:5432/atomsync
+//! atomsync-server inspect --db my-data.db [groups | group NAME | doc GROUP KEY | changes GROUP | pending]
 //! ```
 //!
 //! `--db` takes a SQLite file or a PostgreSQL URL (`postgres://` or
@@ -24,10 +25,12 @@ use atomsync_server::{
     TokenFile, router_with_options,
 };
 use axum::Router;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use http::{HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing_subscriber::EnvFilter;
+
+mod inspect_cli;
 
 /// Serves atomsync documents from a SQLite database over HTTP.
 ///
@@ -35,8 +38,16 @@ use tracing_subscriber::EnvFilter;
 /// (server-sent events). Logs go to stderr; set RUST_LOG (e.g.
 /// RUST_LOG=atomsync_server=debug) to change what is logged.
 #[derive(Debug, Parser)]
-#[command(name = "atomsync-server", version)]
+#[command(
+    name = "atomsync-server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    /// Another task than serving.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// The port to listen on (same as --port); 0 picks a free one.
     #[arg(value_name = "PORT", conflicts_with = "port")]
     port_arg: Option<u16>,
@@ -119,6 +130,14 @@ struct Args {
     tombstone_horizon: Horizon,
 }
 
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Shows what a database holds, without changing it: a summary (epoch,
+    /// latest cursor, counts) by default.
+    Inspect(inspect_cli::InspectArgs),
+}
+
 /// A tombstone horizon: a duration, or none.
 #[derive(Debug, Clone, Copy)]
 struct Horizon(Option<std::time::Duration>);
@@ -181,7 +200,10 @@ impl std::fmt::Display for Seconds {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::Inspect(inspect)) = args.command.take() {
+        return inspect_cli::run(&inspect);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

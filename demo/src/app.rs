@@ -154,6 +154,20 @@ fn parse_date(text: &str) -> Option<i64> {
     Some((era * 146_097 + doe - 719_468) * 86_400_000)
 }
 
+/// `x` in its shortest form that parses back to the same bits: plain
+/// decimals for magnitudes from 1e-4 to below 1e16 (`0.1`, `1`, `-0`,
+/// `123.5`), scientific notation outside it (`1e-308`, not 308 digits;
+/// `1.7976931348623157e308`), so that a weight always fits its row.
+pub fn format_float(x: f64) -> String {
+    let magnitude = x.abs();
+    if x == 0.0 || !x.is_finite() || (1e-4..1e16).contains(&magnitude) {
+        // `Display` is the shortest round trip too, without an exponent.
+        x.to_string()
+    } else {
+        format!("{x:e}")
+    }
+}
+
 fn format_date(ms: i64) -> String {
     let z = ms.div_euclid(86_400_000) + 719_468;
     let era = z.div_euclid(146_097);
@@ -296,7 +310,7 @@ fn TodoItem(todos: SyncedAtom<Todo>, key: String) -> impl IntoView {
                 class="weight"
                 data-bits=move || todo.with(|t| t.as_ref().map(|t| t.weight.to_bits().to_string()).unwrap_or_default())
             >
-                {move || todo.with(|t| t.as_ref().map(|t| t.weight.to_string()).unwrap_or_default())}
+                {move || todo.with(|t| t.as_ref().map(|t| format_float(t.weight)).unwrap_or_default())}
             </span>
             <button class="edit-button" on:click=move |_| editing.set(true)>"Edit"</button>
             <button class="delete" on:click=remove>"Delete"</button>
@@ -317,6 +331,47 @@ mod tests {
         assert_eq!(parse_date("1970-01-02"), Some(86_400_000));
         assert_eq!(parse_date("2026-13-01"), None);
         assert_eq!(parse_date("nope"), None);
+    }
+
+    #[test]
+    fn floats_are_shown_in_their_shortest_exact_form() {
+        let cases = [
+            (1e-308, "1e-308"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e308"),
+            (-2.5e-300, "-2.5e-300"),
+            (1e16, "1e16"),
+            (1e-5, "1e-5"),
+            (1e-4, "0.0001"),
+            (0.1, "0.1"),
+            (1.0, "1"),
+            (-0.0, "-0"),
+            (0.0, "0"),
+            (123.456, "123.456"),
+            (9_007_199_254_740_992.0, "9007199254740992"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+        ];
+        for (x, text) in cases {
+            assert_eq!(format_float(x), text, "{x:?}");
+        }
+        assert_eq!(format_float(f64::NAN), "NaN");
+        // Every finite float: short, and the same bits back.
+        let mut bits: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            bits = bits.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let x = f64::from_bits(bits);
+            if !x.is_finite() {
+                continue;
+            }
+            let text = format_float(x);
+            assert!(text.len() <= 24, "{text} is too long");
+            assert_eq!(
+                text.parse::<f64>().unwrap().to_bits(),
+                x.to_bits(),
+                "{text}"
+            );
+        }
     }
 
     #[test]

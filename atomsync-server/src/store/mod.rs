@@ -15,6 +15,7 @@ use crate::{Error, Result};
 
 use self::postgres::PgStore;
 pub(crate) use self::postgres::{Listener, listen};
+pub(crate) use self::postgres::{off_runtime, parse_url};
 use self::sqlite::SqliteStore;
 
 /// The documents of every group: in one SQLite database (a file, or memory)
