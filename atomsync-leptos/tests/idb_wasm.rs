@@ -718,6 +718,12 @@ async fn the_online_event_ends_a_credentials_halt() {
         halted() == Some(HaltReason::Credentials { status: 403 })
     })
     .await;
+    sleep(200).await;
+    assert_eq!(
+        halted(),
+        Some(HaltReason::Credentials { status: 403 }),
+        "a credentials halt lasts until something changes"
+    );
     online();
     eventually("synced", || {
         halted().is_none() && atom.status().pending.get_untracked() == 0
