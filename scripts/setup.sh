@@ -19,6 +19,18 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
   cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force
 fi
 
+# PostgreSQL's server binaries (initdb, pg_ctl, postgres) for the tests of
+# the PostgreSQL backend, which start a throwaway cluster of their own
+# (atomsync-server/tests/common/pg.rs), unless ATOMSYNC_TEST_POSTGRES_URL
+# names an existing server.
+if [ -z "${ATOMSYNC_TEST_POSTGRES_URL:-}" ] \
+  && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
+  && ! command -v initdb >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql postgresql-client
+fi
+
 if [ "${ATOMSYNC_NEED_BROWSER:-0}" = 1 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

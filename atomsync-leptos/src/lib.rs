@@ -66,6 +66,7 @@ pub mod browser;
 pub mod codec;
 mod docs;
 mod features;
+mod fn_client;
 #[cfg(feature = "ssr")]
 mod guard;
 mod halt;

@@ -78,17 +78,12 @@ pub async fn push(
 }
 
 fn from_server_fn<T>(
-    result: Result<Result<T, ErrorBody>, leptos::prelude::ServerFnError>,
+    result: Result<Result<T, ErrorBody>, crate::fn_client::ServerFnFailure>,
 ) -> Result<T, Failure> {
-    use leptos::prelude::ServerFnError;
     match result {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(body)) => Err(Failure::Error(body)),
-        Err(ServerFnError::Request(_)) => Err(Failure::Unreachable),
-        Err(ServerFnError::Deserialization(_) | ServerFnError::Response(_)) => {
-            Err(Failure::Status(502))
-        }
-        Err(_) => Err(Failure::Status(500)),
+        Err(failure) => Err(Failure::from(failure)),
     }
 }
 

@@ -68,6 +68,10 @@ pub enum Error {
     /// SQLite failed (500).
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    /// PostgreSQL failed (500; out of reach is [`Error::Unavailable`]
+    /// instead).
+    #[error("database error: {0}")]
+    Postgres(#[from] postgres::Error),
     /// A file could not be read (500, or a startup failure).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -96,9 +100,11 @@ impl Error {
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Database(_) | Error::Io(_) | Error::Config(_) | Error::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Database(_)
+            | Error::Postgres(_)
+            | Error::Io(_)
+            | Error::Config(_)
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -122,7 +128,11 @@ impl Error {
                 ErrorCode::Unavailable,
                 "the server is unavailable, retry later".to_owned(),
             ),
-            Error::Database(_) | Error::Io(_) | Error::Config(_) | Error::Internal(_) => (
+            Error::Database(_)
+            | Error::Postgres(_)
+            | Error::Io(_)
+            | Error::Config(_)
+            | Error::Internal(_) => (
                 ErrorCode::Internal,
                 "internal server error, retry later".to_owned(),
             ),

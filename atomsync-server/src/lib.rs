@@ -1,7 +1,9 @@
-//! The atomsync server: versioned documents in SQLite, served over HTTP.
+//! The atomsync server: versioned documents in SQLite or PostgreSQL, served
+//! over HTTP.
 //!
 //! The server is the source of truth that every atomsync client converges to.
-//! It keeps the documents of each group in SQLite, gives every accepted change
+//! It keeps the documents of each group in SQLite (embedded, the default) or
+//! in PostgreSQL (any number of servers on one database), gives every accepted change
 //! a strictly increasing change number, and speaks the protocol of
 //! [`atomsync_core::protocol`] (S-expression bodies, see `docs/protocol.md`):
 //!
@@ -76,15 +78,38 @@
 //!
 //! ## Design
 //!
-//! - [`Store`] is a plain, blocking SQLite store: one connection, one
-//!   transaction per pull or push, schema from a `const` list of migrations.
-//!   Change numbers come from a counter in the same transaction as the change,
-//!   so a pull (one read transaction) sees every change up to its cursor.
+//! - [`Store`] is a plain, blocking store over two backends with the same
+//!   answers: SQLite (one connection) or PostgreSQL (one connection per
+//!   server, opened again when it breaks); one transaction per pull or push,
+//!   schema from a `const` list of migrations per backend, run on open.
+//!   Change numbers come from a counter row advanced in the same transaction
+//!   as the change (with PostgreSQL, locked by it: `SELECT .. FOR UPDATE`, so
+//!   pushes commit in change-number order across servers), so a pull (one
+//!   read transaction, `REPEATABLE READ` on PostgreSQL) sees every change up
+//!   to its cursor and no later commit can carry a smaller number. A copy of
+//!   a PostgreSQL database (restored, recovered to a point in time, a
+//!   promoted replica) gets a new epoch when opened.
+//! - PostgreSQL is reached with the [`postgres`](https://docs.rs/postgres)
+//!   crate, the blocking face of `tokio-postgres`: the store runs on one
+//!   blocking thread per server, as with SQLite, and `tokio-postgres` gives
+//!   direct `LISTEN`/`NOTIFY`, transactions with isolation levels, prepared
+//!   statements and the server's error codes, with no compile-time database
+//!   or query macros. `sqlx` was set aside: its pool, runtime glue and macros
+//!   bring nothing to one connection per server, and its listener is no
+//!   simpler. Each connection runs on a private single-threaded runtime;
+//!   a store used directly from async code does its blocking work on a scoped
+//!   thread (the service's store thread needs none).
+//! - Live updates across servers: a PostgreSQL push that accepted a change
+//!   sends `NOTIFY atomsync` in its transaction; each [`SyncService`] on a
+//!   PostgreSQL store keeps a listening connection, passes the other
+//!   servers' notifications to its `/events` subscribers, and after it
+//!   reconnects (by itself) pokes every subscriber, since notifications sent
+//!   meanwhile are lost. See `docs/deploy.md`.
 //! - [`SyncService`] owns the store on a dedicated thread: async callers send
 //!   it jobs and await the answer, so SQLite never blocks the executor. It
 //!   also checks authorization, broadcasts accepted changes to the `/events`
-//!   streams, and answers a pull whose cursor is already the latest without
-//!   asking the store.
+//!   streams, and (on SQLite only, where no other process writes) answers a
+//!   pull whose cursor is already the latest without asking the store.
 //! - [`router`] is a thin HTTP adapter over [`SyncService`]: it parses query
 //!   strings and S-expression bodies and maps every failure to an [`Error`],
 //!   whose response is an S-expression

@@ -3,7 +3,12 @@
 //! ```text
 //! atomsync-server --port 8090 --db my-data.db [--users users.toml] [--bind 127.0.0.1]
 //! atomsync-server 8090 my-data.db
+//! atomsync-server --port 8090 --db postgres://atomsync@127.0.0.1:5432/atomsync
 //! ```
+//!
+//! `--db` takes a SQLite file or a PostgreSQL URL (`postgres://` or
+//! `postgresql://`; the password from the URL or `PGPASSWORD`). Any number
+//! of servers may share one PostgreSQL database: see `docs/deploy.md`.
 //!
 //! Limits (see `docs/security.md`): `--header-timeout`, `--body-timeout`,
 //! `--idle-timeout` (seconds), `--max-connections`, `--max-subscribers`.
@@ -36,7 +41,7 @@ struct Args {
     #[arg(value_name = "PORT", conflicts_with = "port")]
     port_arg: Option<u16>,
 
-    /// The SQLite database file (same as --db); created if missing.
+    /// The SQLite database file or PostgreSQL URL (same as --db).
     #[arg(value_name = "DB", conflicts_with = "db")]
     db_arg: Option<PathBuf>,
 
@@ -44,7 +49,9 @@ struct Args {
     #[arg(short, long)]
     port: Option<u16>,
 
-    /// The SQLite database file; created if missing [default: atomsync.db].
+    /// The SQLite database file (created if missing), or a PostgreSQL URL
+    /// `postgres://user@host:5432/dbname` (the database must exist; the
+    /// password from the URL or PGPASSWORD) [default: atomsync.db].
     #[arg(long)]
     db: Option<PathBuf>,
 
@@ -202,6 +209,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The database as logged: a URL's password is left out.
+fn shown(db: &std::path::Path) -> String {
+    let text = db.display().to_string();
+    let Some(scheme) = text.find("://") else {
+        return text;
+    };
+    let rest = &text[scheme + 3..];
+    let authority = rest.find('/').map_or(rest, |slash| &rest[..slash]);
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &text[..scheme + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        _ => text,
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let port = args.port.or(args.port_arg).unwrap_or(8090);
     let db = args
@@ -237,8 +263,8 @@ async fn run(args: Args) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?
-    .map_err(|e| format!("cannot open database {}: {e}", db.display()))?;
-    tracing::info!(db = %db.display(), epoch = store.epoch(), "database open");
+    .map_err(|e| format!("cannot open database {}: {e}", shown(&db)))?;
+    tracing::info!(db = %shown(&db), epoch = store.epoch(), "database open");
     if let Some(reason) = store.new_epoch_reason() {
         tracing::warn!(
             "new epoch {}: {reason}; every client will pull from the beginning",

@@ -36,6 +36,9 @@ enum Message {
 struct Event {
     group: Arc<str>,
     seq: u64,
+    /// For every group: notifications may have been lost (the PostgreSQL
+    /// listener reconnected).
+    all: bool,
 }
 
 struct Shared {
@@ -48,6 +51,11 @@ struct Shared {
     events: broadcast::Sender<Event>,
     /// Changes received in authorized pushes since start, retries included.
     changes_received: AtomicU64,
+    /// Other servers write to the database too (PostgreSQL): `latest` is
+    /// only what this one heard of, never a reason to skip the store.
+    shared_db: bool,
+    /// Set by [`SyncService::close`]: the listener stops.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -112,7 +120,16 @@ impl SyncService {
             floor: AtomicU64::new(store.cursor().floor),
             events,
             changes_received: AtomicU64::new(0),
+            shared_db: store.is_shared(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
+        if let Some(listener) = store.listener() {
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("atomsync-listen".to_owned())
+                .spawn(move || listen(&listener, &weak))
+                .expect("failed to start the listener thread");
+        }
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("atomsync-store".to_owned())
@@ -228,9 +245,12 @@ impl SyncService {
         self.authorize(credentials, &request.group)?;
         // An up-to-date cursor (the usual poll): nothing changed after it, in
         // any group, and the store need not be asked.
+        // (Not when other servers share the database: they may have.)
         let shared = &self.inner.shared;
         let up_to_date = request.since.as_ref().filter(|since| {
-            *since.epoch == *shared.epoch && since.seq == shared.latest.load(Ordering::Acquire)
+            !shared.shared_db
+                && *since.epoch == *shared.epoch
+                && since.seq == shared.latest.load(Ordering::Acquire)
         });
         if let Some(since) = up_to_date {
             return Ok(PullResponse {
@@ -289,10 +309,11 @@ impl SyncService {
             );
             if after != before {
                 // Still on the store thread: events leave in change order.
-                shared.latest.store(after, Ordering::Release);
+                shared.latest.fetch_max(after, Ordering::AcqRel);
                 let _no_subscribers = shared.events.send(Event {
                     group: request.group.as_str().into(),
                     seq: after,
+                    all: false,
                 });
             }
             Ok(response)
@@ -315,7 +336,11 @@ impl SyncService {
         // Subscribe before reading the cursor: a change committed in between
         // is then seen by one or the other.
         let events = shared.events.subscribe();
-        let initial = self.cursor();
+        let initial = if shared.shared_db {
+            self.call(|store| store.latest_cursor()).await??
+        } else {
+            self.cursor()
+        };
         Ok(Subscription {
             group: group.into(),
             shared: Arc::clone(shared),
@@ -385,6 +410,7 @@ impl SyncService {
     /// [`Error::Unavailable`].
     pub async fn close(&self) {
         self.shutdown();
+        self.inner.shared.closed.store(true, Ordering::Release);
         let (done, closed) = oneshot::channel();
         let jobs = self.inner.jobs.clone();
         // `send` blocks while the queue is full: not on an executor thread.
@@ -395,6 +421,45 @@ impl SyncService {
             let _already_closed = closed.await;
         }
     }
+}
+
+/// Follows the changes other servers make to a shared (PostgreSQL) database
+/// and announces them to this server's subscribers, until the service is
+/// gone. After each (re)connection every subscriber is poked, since
+/// notifications sent meanwhile were lost.
+fn listen(listener: &crate::store::Listener, shared: &std::sync::Weak<Shared>) {
+    let alive = || {
+        shared
+            .upgrade()
+            .is_some_and(|s| !s.closed.load(Ordering::Acquire))
+    };
+    let notify = |group: &str, seq: u64| {
+        if let Some(shared) = shared.upgrade() {
+            shared.latest.fetch_max(seq, Ordering::AcqRel);
+            let _no_subscribers = shared.events.send(Event {
+                group: group.into(),
+                seq,
+                all: false,
+            });
+        }
+    };
+    let reconnected = |seq: u64, floor: u64, first: bool| {
+        if let Some(shared) = shared.upgrade() {
+            shared.floor.store(floor, Ordering::Release);
+            let before = shared.latest.fetch_max(seq, Ordering::AcqRel);
+            // The first connection pokes only if a change came before it.
+            if first && seq <= before {
+                return;
+            }
+            let latest = before.max(seq);
+            let _no_subscribers = shared.events.send(Event {
+                group: "".into(),
+                seq: latest,
+                all: true,
+            });
+        }
+    };
+    crate::store::listen(listener, &alive, &notify, &reconnected);
 }
 
 fn run_store(mut store: Store, queue: &mpsc::Receiver<Message>, shared: &Shared) {
@@ -503,7 +568,7 @@ impl Subscription {
             tokio::select! {
                 _ = self.shutdown.wait_for(|stop| *stop) => return None,
                 event = self.events.recv() => match event {
-                    Ok(event) if event.group == self.group => {
+                    Ok(event) if event.all || event.group == self.group => {
                         return Some(self.shared.cursor_at(event.seq));
                     }
                     Ok(_) => {}

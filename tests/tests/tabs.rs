@@ -135,7 +135,9 @@ async fn a_follower_writing_as_the_leader_closes_loses_nothing() {
 
     // Close the leader and write in the second follower straight away.
     close_tab(&browser, &leader, &second).await;
-    browser.add_todo("Written at the hand-over", "", "", "1").await;
+    browser
+        .add_todo("Written at the hand-over", "", "", "1")
+        .await;
     browser
         .wait_for("the follower to show its write", || async {
             browser.titles().await == ["Written at the hand-over"]

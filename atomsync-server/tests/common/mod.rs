@@ -11,6 +11,102 @@ use atomsync_core::protocol::{CONTENT_TYPE, Change, ErrorBody, PushRequest};
 use atomsync_core::sexpr::{self, Raw};
 use atomsync_server::{Credentials, Store, StoreOptions, SyncService, Synchronous};
 
+pub mod pg;
+
+/// The backends every store, service and route test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// A fresh store: SQLite in memory, or a new PostgreSQL database.
+    pub fn store_with(self, options: &StoreOptions) -> Store {
+        match self {
+            Backend::Sqlite => Store::open_in_memory_with(options).unwrap(),
+            Backend::Postgres => Store::open(pg::fresh_database(), options.clone()).unwrap(),
+        }
+    }
+
+    /// A fresh store with default options.
+    pub fn store(self) -> Store {
+        self.store_with(&StoreOptions::default())
+    }
+
+    /// A fresh service on a fresh store.
+    pub fn service(self) -> SyncService {
+        SyncService::new(self.store())
+    }
+
+    /// Where a fresh durable database is: a SQLite file in `dir`, or a new
+    /// PostgreSQL database's URL.
+    pub fn location(self, dir: &Path) -> String {
+        match self {
+            Backend::Sqlite => dir.join("db").display().to_string(),
+            Backend::Postgres => pg::fresh_database(),
+        }
+    }
+
+    /// A fresh service on a durable store: a SQLite file at `path` (without
+    /// syncing), or a new PostgreSQL database.
+    pub fn file_service(self, path: &Path) -> SyncService {
+        match self {
+            Backend::Sqlite => file_service(path),
+            Backend::Postgres => self.service(),
+        }
+    }
+}
+
+/// Runs the items (tests and their helpers) once per backend, in modules
+/// `on_sqlite` and `on_postgres`, where `backend()`, `store()`,
+/// `store_with(..)` and `service()` give that backend's.
+#[macro_export]
+macro_rules! on_both_backends {
+    (@one $module:ident, $backend:ident, $($item:item)*) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[allow(dead_code)]
+            fn backend() -> $crate::common::Backend {
+                $crate::common::Backend::$backend
+            }
+
+            #[allow(dead_code)]
+            fn store() -> atomsync_server::Store {
+                backend().store()
+            }
+
+            #[allow(dead_code)]
+            fn store_with(options: &atomsync_server::StoreOptions) -> atomsync_server::Store {
+                backend().store_with(options)
+            }
+
+            #[allow(dead_code)]
+            fn service() -> atomsync_server::SyncService {
+                backend().service()
+            }
+
+            #[allow(dead_code)]
+            fn location(dir: &std::path::Path) -> String {
+                backend().location(dir)
+            }
+
+            #[allow(dead_code)]
+            fn file_service(path: &std::path::Path) -> atomsync_server::SyncService {
+                backend().file_service(path)
+            }
+
+            $($item)*
+        }
+    };
+    ($($item:item)*) => {
+        $crate::on_both_backends!(@one on_sqlite, Sqlite, $($item)*);
+        $crate::on_both_backends!(@one on_postgres, Postgres, $($item)*);
+    };
+}
+
 pub fn raw(text: &str) -> Raw {
     Raw::from_text(text).unwrap()
 }

@@ -1,4 +1,5 @@
-//! [`Store`]: the documents of every group in one SQLite database.
+//! The SQLite backend of [`Store`](super::Store): the documents of every
+//! group in one SQLite file (or in memory).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,6 +12,10 @@ use atomsync_core::sexpr::Raw;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::{
+    StoreOptions, StoreStats, Synchronous, check_cursor, new_epoch, stored_value, unix_seconds,
+    validate_push, value_hash,
+};
 use crate::history::{self, HighWater};
 use crate::{Error, Result};
 
@@ -54,145 +59,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE meta ADD COLUMN restore_label TEXT;",
 ];
 
-/// SQLite's `synchronous` setting: how hard a commit waits for the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Synchronous {
-    /// Every commit is on disk before it is acknowledged, even across a power
-    /// failure. The default.
-    #[default]
-    Full,
-    /// Commits survive a crash of the process; the last ones may be lost on a
-    /// power failure (WAL mode).
-    Normal,
-    /// No syncing at all: for tests and in-process simulations only.
-    Off,
-}
-
-impl Synchronous {
-    fn pragma(self) -> &'static str {
-        match self {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Off => "OFF",
-        }
-    }
-}
-
-/// How a [`Store`] opens its database.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct StoreOptions {
-    /// Durability of commits; [`Synchronous::Full`] by default.
-    pub synchronous: Synchronous,
-    /// A pull page ends once its keys and values add up to this many bytes
-    /// (8 MiB by default), whatever its limit, so that a group of large
-    /// documents is read in several pages. A page always holds at least one
-    /// document.
-    pub max_pull_bytes: usize,
-    /// The operator's declaration that the database was restored (together
-    /// with its high-water mark, which the store cannot notice by itself;
-    /// see `docs/protocol.md`), with a label naming the restore (a date, a
-    /// ticket): the database gets a new epoch when it opens, so that every
-    /// client resets, once per label. The label is kept in the database, so
-    /// a declaration left in place does nothing on later starts. `None` by
-    /// default.
-    pub new_epoch: Option<String>,
-    /// How long tombstones (deleted documents) are kept before
-    /// [`Store::purge_tombstones`] may delete them; `None` keeps them for
-    /// ever. 30 days by default. A client whose cursor is older than a purged
-    /// tombstone is told to pull from the beginning.
-    pub tombstone_horizon: Option<Duration>,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            synchronous: Synchronous::default(),
-            max_pull_bytes: 8 << 20,
-            new_epoch: None,
-            tombstone_horizon: Some(Duration::from_secs(30 * 24 * 3600)),
-        }
-    }
-}
-
-impl StoreOptions {
-    /// Sets [`StoreOptions::max_pull_bytes`].
-    pub fn max_pull_bytes(mut self, bytes: usize) -> Self {
-        self.max_pull_bytes = bytes;
-        self
-    }
-
-    /// Sets [`StoreOptions::synchronous`].
-    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
-        self.synchronous = synchronous;
-        self
-    }
-
-    /// Sets [`StoreOptions::new_epoch`].
-    pub fn new_epoch(mut self, label: Option<String>) -> Self {
-        self.new_epoch = label;
-        self
-    }
-
-    /// Sets [`StoreOptions::tombstone_horizon`].
-    pub fn tombstone_horizon(mut self, horizon: Option<Duration>) -> Self {
-        self.tombstone_horizon = horizon;
-        self
-    }
-}
-
-/// Row counts of a [`Store`], for diagnostics and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct StoreStats {
-    /// Documents with a value.
-    pub documents: u64,
-    /// Deleted documents still kept (tombstones).
-    pub tombstones: u64,
-    /// Decided mutations remembered for retries.
-    pub mutations: u64,
-}
-
-/// The documents of every group, in one SQLite database.
-///
-/// A document is `(group, key, value, version)`: the value is canonical
-/// S-expression text, or `NULL` for a deleted document (a tombstone, which
-/// keeps its version so the deletion propagates). Every accepted change gets
-/// the next number of a global, strictly increasing change counter; the pair
-/// (database epoch, change number) is the clients' [`Cursor`].
-///
-/// The store is blocking: async code reaches it through
-/// [`SyncService`](crate::SyncService), which runs it on its own thread.
-///
-/// ## Usage
-///
-/// ```
-/// use atomsync_core::protocol::{Change, PullRequest, PushRequest, ChangeResult};
-/// use atomsync_core::sexpr::Raw;
-/// use atomsync_server::Store;
-///
-/// let mut store = Store::open_in_memory()?;
-/// let response = store.push(&PushRequest {
-///     group: "todo".into(),
-///     client_id: "c1".into(),
-///     changes: vec![Change {
-///         mutation: 1,
-///         key: "a".into(),
-///         base_version: 0,
-///         value: Some(Raw::from_text("42").unwrap()),
-///     }],
-///     low_water: None,
-///     epoch: None,
-/// })?;
-/// assert!(matches!(response.results[0], ChangeResult::Accepted { version: 1, .. }));
-/// let page = store.pull(&PullRequest { group: "todo".into(), since: None, limit: None })?;
-/// assert_eq!(page.documents.len(), 1);
-/// assert_eq!(page.cursor, store.cursor());
-/// # Ok::<(), atomsync_server::Error>(())
-/// ```
+/// The documents of every group in one SQLite database: the embedded
+/// backend of [`Store`](super::Store), blocking, one connection.
 #[derive(Debug)]
-pub struct Store {
+pub(crate) struct SqliteStore {
     conn: Connection,
     epoch: String,
     seq: u64,
@@ -210,31 +80,31 @@ pub struct Store {
     new_epoch_reason: Option<String>,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (or creates) the database at `path` and brings its schema up to
     /// date.
     ///
     /// If history may have been lost since the database was last open (see
-    /// [`Store::new_epoch_reason`]), or [`StoreOptions::new_epoch`] asks for
+    /// [`SqliteStore::new_epoch_reason`]), or [`StoreOptions::new_epoch`] asks for
     /// it, the database gets a new epoch, so that every client pulls from
     /// the beginning.
-    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+    pub(crate) fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<SqliteStore> {
         let path = path.as_ref();
         let conn = Connection::open(path)?;
-        Store::setup(conn, &options, Some(path))
+        SqliteStore::setup(conn, &options, Some(path))
     }
 
     /// Opens a fresh database in memory, for tests and simulations.
-    pub fn open_in_memory() -> Result<Store> {
-        Store::open_in_memory_with(&StoreOptions::default())
-    }
-
     /// Opens a fresh database in memory with `options`.
-    pub fn open_in_memory_with(options: &StoreOptions) -> Result<Store> {
-        Store::setup(Connection::open_in_memory()?, options, None)
+    pub(crate) fn open_in_memory_with(options: &StoreOptions) -> Result<SqliteStore> {
+        SqliteStore::setup(Connection::open_in_memory()?, options, None)
     }
 
-    fn setup(mut conn: Connection, options: &StoreOptions, path: Option<&Path>) -> Result<Store> {
+    fn setup(
+        mut conn: Connection,
+        options: &StoreOptions,
+        path: Option<&Path>,
+    ) -> Result<SqliteStore> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // `journal_mode` answers with the mode in force ("memory" in memory).
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -281,7 +151,7 @@ impl Store {
             Some(path) => Some(HighWater::create(path, &epoch, seq)?),
             None => None,
         };
-        Ok(Store {
+        Ok(SqliteStore {
             conn,
             epoch,
             seq,
@@ -296,12 +166,12 @@ impl Store {
 
     /// Why opening gave the database a new epoch (history may have been
     /// lost, or [`StoreOptions::new_epoch`]); `None` if it kept its epoch.
-    pub fn new_epoch_reason(&self) -> Option<&str> {
+    pub(crate) fn new_epoch_reason(&self) -> Option<&str> {
         self.new_epoch_reason.as_deref()
     }
 
     /// Row counts: documents, tombstones, remembered mutations.
-    pub fn stats(&self) -> Result<StoreStats> {
+    pub(crate) fn stats(&self) -> Result<StoreStats> {
         let count = |sql: &str| -> Result<u64> {
             Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
         };
@@ -317,7 +187,7 @@ impl Store {
     /// could miss the deletion). A purge takes a change number (so the
     /// high-water mark moves, and a copy from before it counts as older).
     /// Returns how many were deleted.
-    pub fn purge_tombstones(&mut self, cutoff: SystemTime) -> Result<u64> {
+    pub(crate) fn purge_tombstones(&mut self, cutoff: SystemTime) -> Result<u64> {
         let cutoff = unix_seconds(cutoff);
         let tx = Tx::begin(&self.conn, "BEGIN IMMEDIATE")?;
         let (count, max_seq, max_version) = tx.query_row(
@@ -355,9 +225,9 @@ impl Store {
         Ok(count)
     }
 
-    /// [`Store::purge_tombstones`] of the tombstones older than
+    /// [`SqliteStore::purge_tombstones`] of the tombstones older than
     /// [`StoreOptions::tombstone_horizon`] (none without a horizon).
-    pub fn purge_expired_tombstones(&mut self) -> Result<u64> {
+    pub(crate) fn purge_expired_tombstones(&mut self) -> Result<u64> {
         match self.tombstone_horizon {
             Some(horizon) => {
                 let cutoff = SystemTime::now().checked_sub(horizon).unwrap_or(UNIX_EPOCH);
@@ -368,12 +238,12 @@ impl Store {
     }
 
     /// The identity of this database, created with it.
-    pub fn epoch(&self) -> &str {
+    pub(crate) fn epoch(&self) -> &str {
         &self.epoch
     }
 
     /// The cursor after the last accepted change.
-    pub fn cursor(&self) -> Cursor {
+    pub(crate) fn cursor(&self) -> Cursor {
         self.cursor_at(self.seq)
     }
 
@@ -399,7 +269,7 @@ impl Store {
     /// [`Error::BadRequest`] for an invalid group or a zero limit;
     /// [`Error::CursorReset`] for a cursor of another database, or beyond
     /// this database's last change.
-    pub fn pull(&mut self, request: &PullRequest) -> Result<PullResponse> {
+    pub(crate) fn pull(&mut self, request: &PullRequest) -> Result<PullResponse> {
         protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
         let limit = match request.limit {
             None => protocol::DEFAULT_PULL_LIMIT,
@@ -470,7 +340,7 @@ impl Store {
     /// mutation number or batch size; [`Error::MutationReused`] for a
     /// mutation number decided before for a change with other content.
     /// Nothing is applied then.
-    pub fn push(&mut self, request: &PushRequest) -> Result<PushResponse> {
+    pub(crate) fn push(&mut self, request: &PushRequest) -> Result<PushResponse> {
         validate_push(request)?;
         if let Some(epoch) = &request.epoch
             && *epoch != self.epoch
@@ -676,7 +546,7 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Some(mark) = &mut self.mark
             && let Err(e) = mark.close(self.seq)
@@ -778,105 +648,6 @@ fn read_seq(conn: &Connection) -> Result<u64> {
     Ok(seq as u64)
 }
 
-/// A random database identity: 128 bits as 32 hex digits.
-fn new_epoch() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Internal(format!("no random numbers for the epoch: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn check_cursor(cursor: &Cursor, epoch: &str, latest: u64, purged: u64) -> Result<u64> {
-    if cursor.epoch != epoch {
-        return Err(Error::CursorReset(
-            "the cursor belongs to another database: pull again from the beginning".to_owned(),
-        ));
-    }
-    if cursor.seq > latest {
-        return Err(Error::CursorReset(format!(
-            "the cursor is beyond this database's last change ({latest}): \
-             pull again from the beginning"
-        )));
-    }
-    // Below the floor, and handed out before it rose: its holder may have
-    // missed a deletion. (One handed out since comes from a pull from the
-    // beginning, which misses nothing by skipping a purged tombstone.)
-    if cursor.seq < purged && cursor.floor < purged {
-        return Err(Error::CursorReset(format!(
-            "the cursor is older than the tombstone horizon (deletions up to change {purged} \
-             were purged): pull again from the beginning"
-        )));
-    }
-    Ok(cursor.seq)
-}
-
-/// Seconds since the Unix epoch (0 before it).
-fn unix_seconds(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// The stable hash of a change's value, kept to tell a retried mutation from
-/// a reused number (`None`, a delete, hashes apart from every text).
-fn value_hash(value: Option<&Raw>) -> i64 {
-    match value {
-        Some(raw) => history::fnv1a(raw.as_str().as_bytes()) as i64,
-        None => -1,
-    }
-}
-
-/// A stored value back as a datum. Stored text was validated (and made
-/// canonical) when it was written, so it is not parsed again.
-fn stored_value(text: Option<String>) -> Option<Raw> {
-    text.map(Raw::from_trusted)
-}
-
-pub(crate) fn validate_push(request: &PushRequest) -> Result<()> {
-    protocol::validate_group(&request.group).map_err(Error::BadRequest)?;
-    let id = &request.client_id;
-    if id.is_empty() || id.len() > protocol::MAX_CLIENT_ID_LEN {
-        return Err(Error::BadRequest(format!(
-            "client id must be 1 to {} bytes long",
-            protocol::MAX_CLIENT_ID_LEN
-        )));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(Error::BadRequest(
-            "client id must not contain control characters".to_owned(),
-        ));
-    }
-    if request.changes.len() > protocol::MAX_PUSH_CHANGES {
-        return Err(Error::BadRequest(format!(
-            "a push may carry at most {} changes, this one has {}",
-            protocol::MAX_PUSH_CHANGES,
-            request.changes.len()
-        )));
-    }
-    for (index, change) in request.changes.iter().enumerate() {
-        protocol::validate_key(&change.key)
-            .map_err(|e| Error::BadRequest(format!("change {index}: {e}")))?;
-        if change.base_version > protocol::MAX_VERSION {
-            return Err(Error::BadRequest(format!(
-                "change {index}: base_version must be at most {}",
-                protocol::MAX_VERSION
-            )));
-        }
-        if change.mutation > protocol::MAX_VERSION {
-            return Err(Error::BadRequest(format!(
-                "change {index}: mutation must be at most {}",
-                protocol::MAX_VERSION
-            )));
-        }
-    }
-    if request.low_water.is_some_and(|l| l > protocol::MAX_VERSION) {
-        return Err(Error::BadRequest(format!(
-            "low_water must be at most {}",
-            protocol::MAX_VERSION
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -894,7 +665,7 @@ mod tests {
         }
     }
 
-    fn push(store: &mut Store, client: &str, changes: Vec<Change>) -> Result<PushResponse> {
+    fn push(store: &mut SqliteStore, client: &str, changes: Vec<Change>) -> Result<PushResponse> {
         store.push(&PushRequest {
             group: "g".to_owned(),
             client_id: client.to_owned(),
@@ -904,19 +675,16 @@ mod tests {
         })
     }
 
-    fn pull(store: &mut Store, since: Option<Cursor>, limit: Option<u32>) -> Result<PullResponse> {
+    fn pull(
+        store: &mut SqliteStore,
+        since: Option<Cursor>,
+        limit: Option<u32>,
+    ) -> Result<PullResponse> {
         store.pull(&PullRequest {
             group: "g".to_owned(),
             since,
             limit,
         })
-    }
-
-    fn accepted_version(result: &ChangeResult) -> Option<u64> {
-        match result {
-            ChangeResult::Accepted { version, .. } => Some(*version),
-            ChangeResult::Conflict { .. } => None,
-        }
     }
 
     #[test]
@@ -959,19 +727,19 @@ mod tests {
     fn a_database_newer_than_the_server_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        drop(Store::open(&path, StoreOptions::default()).unwrap());
+        drop(SqliteStore::open(&path, StoreOptions::default()).unwrap());
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
             .unwrap();
         drop(conn);
-        let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+        let err = SqliteStore::open(&path, StoreOptions::default()).unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err}");
     }
 
     #[test]
     fn pragmas_are_set() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
+        let store = SqliteStore::open(
             dir.path().join("db"),
             StoreOptions::default().synchronous(Synchronous::Normal),
         )
@@ -997,267 +765,24 @@ mod tests {
     fn epoch_and_data_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
         let cursor = store.cursor();
         drop(store);
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.cursor(), cursor);
         let page = pull(&mut store, None, None).unwrap();
         assert_eq!(page.documents.len(), 1);
         // A new database has another epoch.
-        let other = Store::open(dir.path().join("other"), StoreOptions::default()).unwrap();
+        let other = SqliteStore::open(dir.path().join("other"), StoreOptions::default()).unwrap();
         assert_ne!(other.epoch(), store.epoch());
-    }
-
-    #[test]
-    fn versions_count_up_and_stale_writes_conflict() {
-        let mut store = Store::open_in_memory().unwrap();
-        let r = push(&mut store, "c", vec![change(1, "k", 0, Some("(a)"))]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), Some(1));
-        assert_eq!(r.cursor.seq, 1);
-        let r = push(&mut store, "c", vec![change(2, "k", 1, Some("(b)"))]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), Some(2));
-        // Based on version 1 again: stale.
-        let r = push(&mut store, "d", vec![change(1, "k", 1, Some("(c)"))]).unwrap();
-        assert_eq!(
-            r.results[0],
-            ChangeResult::Conflict {
-                mutation: 1,
-                key: "k".to_owned(),
-                current: Some(Document {
-                    key: "k".to_owned(),
-                    version: 2,
-                    value: Some(raw("(b)")),
-                }),
-            }
-        );
-        assert_eq!(r.cursor.seq, 2, "a conflict takes no change number");
-        // A new key based on a version that never existed.
-        let r = push(&mut store, "d", vec![change(2, "new", 3, Some("1"))]).unwrap();
-        assert!(matches!(
-            &r.results[0],
-            ChangeResult::Conflict { current: None, .. }
-        ));
-        let page = pull(&mut store, None, None).unwrap();
-        assert_eq!(page.documents.len(), 1);
-        assert_eq!(page.documents[0].value, Some(raw("(b)")));
-    }
-
-    #[test]
-    fn the_largest_version_is_a_conflict_not_an_overflow() {
-        let mut store = Store::open_in_memory().unwrap();
-        let max = protocol::MAX_VERSION;
-        let r = push(&mut store, "c", vec![change(1, "k", max, Some("1"))]).unwrap();
-        assert!(matches!(
-            &r.results[0],
-            ChangeResult::Conflict { current: None, .. }
-        ));
-        let r = push(&mut store, "c", vec![change(2, "k", max - 1, Some("1"))]).unwrap();
-        assert!(matches!(
-            &r.results[0],
-            ChangeResult::Conflict { current: None, .. }
-        ));
-        assert_eq!(store.cursor().seq, 0);
-    }
-
-    #[test]
-    fn deletes_are_tombstones_that_keep_their_version() {
-        let mut store = Store::open_in_memory().unwrap();
-        push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
-        let r = push(&mut store, "c", vec![change(2, "k", 1, None)]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), Some(2));
-        let page = pull(&mut store, None, None).unwrap();
-        assert_eq!(
-            page.documents,
-            vec![Document {
-                key: "k".to_owned(),
-                version: 2,
-                value: None
-            }]
-        );
-        // Recreating the key must be based on the tombstone's version.
-        let r = push(&mut store, "c", vec![change(3, "k", 0, Some("2"))]).unwrap();
-        assert!(matches!(
-            &r.results[0],
-            ChangeResult::Conflict {
-                current: Some(Document {
-                    version: 2,
-                    value: None,
-                    ..
-                }),
-                ..
-            }
-        ));
-        let r = push(&mut store, "c", vec![change(4, "k", 2, Some("2"))]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), Some(3));
-    }
-
-    #[test]
-    fn changes_of_a_batch_apply_in_order() {
-        let mut store = Store::open_in_memory().unwrap();
-        let r = push(
-            &mut store,
-            "c",
-            vec![
-                change(1, "k", 0, Some("1")),
-                change(2, "k", 1, Some("2")),
-                change(3, "k", 1, Some("3")),
-            ],
-        )
-        .unwrap();
-        let versions: Vec<_> = r.results.iter().map(accepted_version).collect();
-        assert_eq!(versions, [Some(1), Some(2), None]);
-        assert_eq!(r.cursor.seq, 2);
-    }
-
-    #[test]
-    fn retried_mutations_get_the_same_answer_and_apply_once() {
-        let mut store = Store::open_in_memory().unwrap();
-        let batch = vec![change(1, "k", 0, Some("1")), change(2, "j", 5, Some("1"))];
-        let first = push(&mut store, "c", batch.clone()).unwrap();
-        // Someone else changes k meanwhile.
-        push(&mut store, "other", vec![change(1, "k", 1, Some("9"))]).unwrap();
-        let cursor = store.cursor();
-        let retry = push(&mut store, "c", batch).unwrap();
-        assert_eq!(retry.results, first.results);
-        assert_eq!(retry.cursor, cursor, "nothing was applied");
-        let page = pull(&mut store, None, None).unwrap();
-        assert_eq!(page.documents.len(), 1);
-        assert_eq!(page.documents[0].version, 2);
-        // A refused change is answered with the document as it is now.
-        push(&mut store, "other", vec![change(2, "j", 0, Some("7"))]).unwrap();
-        let retry = push(&mut store, "c", vec![change(2, "j", 5, Some("1"))]).unwrap();
-        assert!(matches!(
-            &retry.results[0],
-            ChangeResult::Conflict {
-                current: Some(Document { version: 1, .. }),
-                ..
-            }
-        ));
-        // The same mutation number for another change is a reuse (the
-        // client lost its state): another key, another value, another base.
-        let cursor = store.cursor();
-        for other in [
-            change(1, "zzz", 0, Some("1")),
-            change(1, "k", 0, Some("2")),
-            change(1, "k", 0, None),
-            change(1, "k", 3, Some("1")),
-        ] {
-            let err = push(&mut store, "c", vec![other.clone()]).unwrap_err();
-            assert!(matches!(err, Error::MutationReused(_)), "{other:?}: {err}");
-            assert_eq!(err.status(), http::StatusCode::CONFLICT);
-            assert_eq!(err.body().error, protocol::ErrorCode::MutationReused);
-        }
-        assert_eq!(store.cursor(), cursor, "nothing was applied");
-    }
-
-    #[test]
-    fn low_water_marks_forget_settled_answers() {
-        let mut store = Store::open_in_memory().unwrap();
-        let mut request = PushRequest {
-            group: "g".to_owned(),
-            client_id: "c".to_owned(),
-            changes: (1..=5)
-                .map(|m| change(m, &format!("k{m}"), 0, Some("1")))
-                .collect(),
-            low_water: None,
-            epoch: None,
-        };
-        store.push(&request).unwrap();
-        push(&mut store, "d", vec![change(1, "x", 0, Some("1"))]).unwrap();
-        assert_eq!(store.stats().unwrap().mutations, 6);
-        request.changes = vec![change(6, "k6", 0, Some("1"))];
-        request.low_water = Some(4);
-        store.push(&request).unwrap();
-        // 1 to 3 of `c` are forgotten; 4 to 6 and `d`'s are kept.
-        assert_eq!(store.stats().unwrap().mutations, 4);
-        // A mark alone, with no change, works too.
-        request.changes.clear();
-        request.low_water = Some(100);
-        store.push(&request).unwrap();
-        assert_eq!(store.stats().unwrap().mutations, 1);
-        request.low_water = Some(protocol::MAX_VERSION + 1);
-        assert!(matches!(store.push(&request), Err(Error::BadRequest(_))));
-    }
-
-    #[test]
-    fn purged_tombstones_reset_cursors_that_could_miss_them() {
-        let mut store = Store::open_in_memory().unwrap();
-        push(
-            &mut store,
-            "c",
-            vec![
-                change(1, "a", 0, Some("1")),
-                change(2, "b", 0, Some("1")),
-                change(8, "c", 0, Some("1")),
-            ],
-        )
-        .unwrap();
-        let before_delete = store.cursor();
-        push(&mut store, "c", vec![change(3, "b", 1, None)]).unwrap();
-        let after_delete = store.cursor();
-        // Not old enough yet.
-        let past = SystemTime::now() - Duration::from_secs(3600);
-        assert_eq!(store.purge_tombstones(past).unwrap(), 0);
-        let future = SystemTime::now() + Duration::from_secs(3600);
-        assert_eq!(store.purge_tombstones(future).unwrap(), 1);
-        assert_eq!(store.stats().unwrap().tombstones, 0);
-        assert_eq!(store.cursor().floor, after_delete.seq);
-        assert_eq!(
-            store.cursor().seq,
-            after_delete.seq + 1,
-            "a purge takes a number"
-        );
-        // Before the deletion: reset. After it: fine.
-        assert!(matches!(
-            pull(&mut store, Some(before_delete), None),
-            Err(Error::CursorReset(_))
-        ));
-        assert!(pull(&mut store, Some(after_delete), None).is_ok());
-        // A pull from the beginning pages through below the floor.
-        let first = pull(&mut store, None, Some(1)).unwrap();
-        assert!(first.more && first.cursor.seq < first.cursor.floor);
-        let rest = pull(&mut store, Some(first.cursor), None).unwrap();
-        assert!(!rest.more);
-        // `b` written again gets a version above its purged tombstone's (2),
-        // whether based on 0 or on the tombstone.
-        let r = push(&mut store, "c", vec![change(4, "b", 0, Some("2"))]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), Some(3));
-        push(&mut store, "c", vec![change(5, "b", 3, None)]).unwrap();
-        store.purge_tombstones(future).unwrap();
-        let r = push(&mut store, "c", vec![change(6, "b", 4, Some("3"))]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), Some(5));
-        // A base above every purged version, on an absent key: a conflict.
-        let r = push(&mut store, "c", vec![change(7, "zz", 9, Some("3"))]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), None);
-        // An edit based on a version before a purged deletion does not undo
-        // the deletion silently: it conflicts with the tombstone the purge
-        // left, at the purge version, and takes that base to write again.
-        push(&mut store, "c", vec![change(11, "b", 5, None)]).unwrap();
-        store.purge_tombstones(future).unwrap();
-        let r = push(&mut store, "c", vec![change(12, "b", 5, Some("4"))]).unwrap();
-        assert_eq!(
-            r.results[0],
-            ChangeResult::Conflict {
-                mutation: 12,
-                key: "b".to_owned(),
-                current: Some(Document {
-                    key: "b".to_owned(),
-                    version: 6,
-                    value: None
-                }),
-            }
-        );
-        let r = push(&mut store, "c", vec![change(13, "b", 6, Some("4"))]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), Some(7));
     }
 
     #[test]
     fn the_purge_floor_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         push(&mut store, "c", vec![change(1, "a", 0, Some("1"))]).unwrap();
         push(&mut store, "c", vec![change(2, "a", 1, None)]).unwrap();
         store
@@ -1265,7 +790,7 @@ mod tests {
             .unwrap();
         let cursor = store.cursor();
         drop(store);
-        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.cursor(), cursor);
         assert_eq!(store.new_epoch_reason(), None);
     }
@@ -1278,20 +803,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let copy = dir.path().join("copy");
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.new_epoch_reason(), None, "a new database");
         push(&mut store, "c", vec![change(1, "a", 0, Some("1"))]).unwrap();
         let epoch = store.epoch().to_owned();
         drop(store);
         std::fs::copy(&path, &copy).unwrap();
         // Reopened as it was: same epoch.
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_eq!(store.epoch(), epoch);
         push(&mut store, "c", vec![change(2, "b", 0, Some("1"))]).unwrap();
         drop(store);
         // The older copy put back: a new epoch, the data as in the copy.
         std::fs::copy(&copy, &path).unwrap();
-        let mut store = Store::open(&path, StoreOptions::default()).unwrap();
+        let mut store = SqliteStore::open(&path, StoreOptions::default()).unwrap();
         assert_ne!(store.epoch(), epoch);
         assert!(
             store.new_epoch_reason().unwrap().contains("change 2"),
@@ -1304,219 +829,22 @@ mod tests {
         // The database copied elsewhere without its mark: a new epoch too.
         let moved = dir.path().join("moved");
         std::fs::copy(&path, &moved).unwrap();
-        let store = Store::open(&moved, StoreOptions::default()).unwrap();
+        let store = SqliteStore::open(&moved, StoreOptions::default()).unwrap();
         assert_ne!(store.epoch(), second);
         drop(store);
         // The operator declares a restore: once per label, so a declaration
         // left in the service's flags does not reset every client again.
         let declare = |label: &str| StoreOptions::default().new_epoch(Some(label.to_owned()));
-        let store = Store::open(&path, declare("restore-1")).unwrap();
+        let store = SqliteStore::open(&path, declare("restore-1")).unwrap();
         assert_ne!(store.epoch(), second);
         assert!(store.new_epoch_reason().unwrap().contains("operator"));
         let third = store.epoch().to_owned();
         drop(store);
-        let store = Store::open(&path, declare("restore-1")).unwrap();
+        let store = SqliteStore::open(&path, declare("restore-1")).unwrap();
         assert_eq!(store.epoch(), third, "the same label again: nothing");
         assert_eq!(store.new_epoch_reason(), None);
         drop(store);
-        let store = Store::open(&path, declare("restore-2")).unwrap();
+        let store = SqliteStore::open(&path, declare("restore-2")).unwrap();
         assert_ne!(store.epoch(), third, "a new label: a new epoch");
-    }
-
-    #[test]
-    fn a_rejected_batch_changes_nothing() {
-        let mut store = Store::open_in_memory().unwrap();
-        push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
-        let before = store.cursor();
-        // The second change reuses mutation 1 for another key: the whole
-        // batch is refused, its first change included.
-        let err = push(
-            &mut store,
-            "c",
-            vec![change(2, "a", 0, Some("1")), change(1, "b", 0, Some("1"))],
-        )
-        .unwrap_err();
-        assert!(matches!(err, Error::MutationReused(_)));
-        assert_eq!(store.cursor(), before);
-        assert_eq!(pull(&mut store, None, None).unwrap().documents.len(), 1);
-        // Mutation 2 was not recorded either.
-        let r = push(&mut store, "c", vec![change(2, "a", 0, Some("1"))]).unwrap();
-        assert_eq!(accepted_version(&r.results[0]), Some(1));
-    }
-
-    #[test]
-    fn invalid_pushes_are_bad_requests() {
-        let mut store = Store::open_in_memory().unwrap();
-        let ok = PushRequest {
-            group: "g".to_owned(),
-            client_id: "c".to_owned(),
-            changes: vec![change(1, "k", 0, Some("1"))],
-            low_water: None,
-            epoch: None,
-        };
-        type Mutate = Box<dyn Fn(&mut PushRequest)>;
-        let cases: Vec<(&str, Mutate)> = vec![
-            ("empty group", Box::new(|r| r.group.clear())),
-            ("bad group", Box::new(|r| r.group = "a b".to_owned())),
-            ("long group", Box::new(|r| r.group = "g".repeat(200))),
-            ("empty client", Box::new(|r| r.client_id.clear())),
-            ("long client", Box::new(|r| r.client_id = "c".repeat(200))),
-            (
-                "control client",
-                Box::new(|r| r.client_id = "a\nb".to_owned()),
-            ),
-            ("empty key", Box::new(|r| r.changes[0].key.clear())),
-            ("long key", Box::new(|r| r.changes[0].key = "k".repeat(600))),
-            (
-                "control key",
-                Box::new(|r| r.changes[0].key = "\0".to_owned()),
-            ),
-            (
-                "huge base",
-                Box::new(|r| r.changes[0].base_version = u64::MAX),
-            ),
-            (
-                "huge mutation",
-                Box::new(|r| r.changes[0].mutation = u64::MAX),
-            ),
-            (
-                "too many",
-                Box::new(|r| r.changes = vec![change(1, "k", 0, None); 1001]),
-            ),
-        ];
-        for (name, mutate) in cases {
-            let mut request = ok.clone();
-            mutate(&mut request);
-            let err = store.push(&request).unwrap_err();
-            assert!(matches!(err, Error::BadRequest(_)), "{name}: {err}");
-        }
-        assert_eq!(store.cursor().seq, 0);
-        assert!(store.push(&ok).is_ok());
-    }
-
-    #[test]
-    fn pull_pages_through_changes_in_order() {
-        let mut store = Store::open_in_memory().unwrap();
-        for i in 0..10u64 {
-            push(
-                &mut store,
-                "c",
-                vec![change(i + 1, &format!("k{i}"), 0, Some("1"))],
-            )
-            .unwrap();
-        }
-        // Another group's changes take numbers but are not returned.
-        store
-            .push(&PushRequest {
-                group: "other".to_owned(),
-                client_id: "c".to_owned(),
-                changes: vec![change(100, "x", 0, Some("1"))],
-                low_water: None,
-                epoch: None,
-            })
-            .unwrap();
-        // k3 changes again: it moves to the end.
-        push(&mut store, "c", vec![change(11, "k3", 1, Some("2"))]).unwrap();
-        let mut keys = Vec::new();
-        let mut since = None;
-        loop {
-            let page = pull(&mut store, since, Some(4)).unwrap();
-            assert!(page.documents.len() <= 4);
-            keys.extend(page.documents.iter().map(|d| d.key.clone()));
-            since = Some(page.cursor.clone());
-            if !page.more {
-                assert_eq!(
-                    page.cursor.seq, 12,
-                    "the last page ends at the latest change"
-                );
-                break;
-            }
-        }
-        let expected: Vec<String> = [0, 1, 2, 4, 5, 6, 7, 8, 9, 3]
-            .iter()
-            .map(|i| format!("k{i}"))
-            .collect();
-        assert_eq!(keys, expected);
-        // Nothing new: an empty page with the same cursor.
-        let page = pull(&mut store, since.clone(), None).unwrap();
-        assert!(page.documents.is_empty() && !page.more);
-        assert_eq!(Some(page.cursor), since);
-    }
-
-    #[test]
-    fn pull_limits() {
-        let mut store = Store::open_in_memory().unwrap();
-        let err = pull(&mut store, None, Some(0)).unwrap_err();
-        assert!(matches!(err, Error::BadRequest(_)));
-        let changes: Vec<_> = (0..1000)
-            .map(|i| change(i + 1, &format!("k{i}"), 0, Some("1")))
-            .collect();
-        for chunk in 0..(protocol::MAX_PULL_LIMIT as usize / 1000 + 1) {
-            let batch = changes
-                .iter()
-                .map(|c| Change {
-                    mutation: c.mutation + 1000 * chunk as u64,
-                    key: format!("{}-{chunk}", c.key),
-                    ..c.clone()
-                })
-                .collect();
-            push(&mut store, "c", batch).unwrap();
-        }
-        let page = pull(&mut store, None, None).unwrap();
-        assert_eq!(page.documents.len(), protocol::DEFAULT_PULL_LIMIT as usize);
-        assert!(page.more);
-        let page = pull(&mut store, None, Some(u32::MAX)).unwrap();
-        assert_eq!(page.documents.len(), protocol::MAX_PULL_LIMIT as usize);
-        assert!(page.more);
-        let err = store
-            .pull(&PullRequest {
-                group: "bad group".to_owned(),
-                since: None,
-                limit: None,
-            })
-            .unwrap_err();
-        assert!(matches!(err, Error::BadRequest(_)));
-    }
-
-    #[test]
-    fn pages_end_at_the_byte_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions::default().max_pull_bytes(1000);
-        let mut store = Store::open(dir.path().join("db"), options).unwrap();
-        let big = format!("\"{}\"", "x".repeat(600));
-        let changes = (0..5)
-            .map(|i| change(i + 1, &format!("k{i}"), 0, Some(&big)))
-            .collect();
-        push(&mut store, "c", changes).unwrap();
-        let page = pull(&mut store, None, None).unwrap();
-        assert_eq!(page.documents.len(), 2, "600 + 600 bytes reach the budget");
-        assert!(page.more);
-        let page = pull(&mut store, Some(page.cursor), Some(1)).unwrap();
-        assert_eq!(page.documents.len(), 1);
-        // A single document larger than the budget still makes a page.
-        let options = StoreOptions::default().max_pull_bytes(10);
-        drop(store);
-        let mut store = Store::open(dir.path().join("db"), options).unwrap();
-        let page = pull(&mut store, None, None).unwrap();
-        assert_eq!(page.documents.len(), 1);
-        assert!(page.more);
-    }
-
-    #[test]
-    fn foreign_or_future_cursors_reset() {
-        let mut store = Store::open_in_memory().unwrap();
-        push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
-        let foreign = Cursor::new("0123abcd", 1);
-        assert!(matches!(
-            pull(&mut store, Some(foreign), None),
-            Err(Error::CursorReset(_))
-        ));
-        let future = Cursor::new(store.epoch().to_owned(), 2);
-        assert!(matches!(
-            pull(&mut store, Some(future), None),
-            Err(Error::CursorReset(_))
-        ));
-        let current = store.cursor();
-        assert!(pull(&mut store, Some(current), None).is_ok());
     }
 }
