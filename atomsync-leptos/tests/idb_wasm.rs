@@ -213,12 +213,15 @@ async fn a_write_whose_transaction_aborts_is_never_pushed_and_is_reported() {
         let owner = Owner::new_root(None);
         owner.set();
         provide_atomsync(app.clone());
-        // Syncs through the server functions of the test page's origin,
-        // which has none: every push fails, after being recorded.
+        // Syncs with a server that is not there (nothing listens on
+        // port 9): every push fails as unreachable, after being recorded,
+        // and is retried with backoff. (The test page's own origin answers
+        // 404, a refusal that halts sync.)
         let errors = errors.clone();
         let atom = use_synced_atom_with_options::<String>(
             "todo",
             UseSyncedAtomOptions::default()
+                .server("http://127.0.0.1:9")
                 .poll_interval_ms(50)
                 .on_error(move |e| errors.borrow_mut().push(e.to_owned())),
         );
