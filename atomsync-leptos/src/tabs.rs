@@ -81,6 +81,9 @@ pub(crate) enum TabMessage {
     },
     /// A follower asks the leader to resume a halted sync.
     Resume { group: String, why: Resume },
+    /// A tab that just started following asks whether the leader's sync is
+    /// halted (answered with `Halted` if it is).
+    AskHalt { group: String },
 }
 
 impl TabMessage {
@@ -89,7 +92,8 @@ impl TabMessage {
             TabMessage::Outbox { group }
             | TabMessage::Changed { group, .. }
             | TabMessage::Halted { group, .. }
-            | TabMessage::Resume { group, .. } => group,
+            | TabMessage::Resume { group, .. }
+            | TabMessage::AskHalt { group } => group,
         }
     }
 }
@@ -300,6 +304,12 @@ pub(crate) async fn run(app: String, weak: Weak<Shared>, mut wakes: UnboundedRec
                 drop(shared);
                 crate::sync_loop::run(weak, &mut wakes).await;
                 return;
+            }
+            // Show the leader's halt, if its sync is halted.
+            if let Some(tabs) = &*shared.tabs.borrow() {
+                tabs.post(&TabMessage::AskHalt {
+                    group: shared.group.clone(),
+                });
             }
             drop(shared);
             if !wait_to_lead(&name, &weak).await {
@@ -648,6 +658,14 @@ impl Shared {
             TabMessage::Resume { why, .. } => {
                 if !self.follower.get() {
                     self.resume(why);
+                }
+            }
+            TabMessage::AskHalt { .. } => {
+                let halt = self.halt.borrow().clone();
+                if !self.follower.get()
+                    && let Some(halt) = halt
+                {
+                    self.set_halt(Some(halt));
                 }
             }
         }

@@ -678,6 +678,47 @@ async fn resume_from_a_follower_ends_a_refusal() {
     stop_serving();
 }
 
+/// A tab opened while the leader's sync is halted shows the halt too.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn a_tab_opened_during_a_halt_shows_it() {
+    use atomsync_core::engine::Failure;
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::HaltReason;
+    use atomsync_leptos::testing::{fail_next_requests, serve_with, stop_serving};
+    serve_with(FakeServer::new());
+    fail_next_requests([Failure::Status(400)]);
+    let app = format!("test-{}", random_id(6));
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let open = |app: String| {
+        let owner = Owner::new_root(None);
+        owner.set();
+        provide_atomsync(app);
+        let atom = use_synced_atom_with_options::<String>(
+            "todo",
+            UseSyncedAtomOptions::default().poll_interval_ms(50),
+        );
+        (atom, owner)
+    };
+    let refused = |atom: &SyncedAtom<String>| {
+        atom.status()
+            .halted
+            .get_untracked()
+            .is_some_and(|halt| halt.reason == HaltReason::Refused { status: 400 })
+    };
+    let (leader, leader_owner) = open(app.clone());
+    eventually("the leader to halt", || refused(&leader)).await;
+    let (follower, follower_owner) = open(app.clone());
+    eventually("the new tab to show the halt", || {
+        follower.status().ready.get_untracked() && refused(&follower)
+    })
+    .await;
+    assert!(!follower.status().leader.get_untracked());
+    follower_owner.cleanup();
+    leader_owner.cleanup();
+    stop_serving();
+}
+
 /// A credentials refusal (a token the server no longer takes) ends on the
 /// browser's `online` event; a refusal of the request itself does not.
 #[cfg(feature = "fault-injection")]
@@ -725,6 +766,12 @@ async fn the_online_event_ends_a_credentials_halt() {
         halted() == Some(HaltReason::Credentials { status: 403 })
     })
     .await;
+    sleep(200).await;
+    assert_eq!(
+        halted(),
+        Some(HaltReason::Credentials { status: 403 }),
+        "a credentials halt lasts until something changes"
+    );
     online();
     eventually("synced", || {
         halted().is_none() && atom.status().pending.get_untracked() == 0
