@@ -553,3 +553,28 @@ fn a_postgresql_url_that_does_not_parse_is_a_configuration_error() {
     let err = Store::open("postgres://u@h:notaport/db", StoreOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
+
+/// Servers starting together on a new database migrate it once and agree on
+/// its epoch.
+#[test]
+fn instances_starting_at_once_migrate_once_and_share_the_epoch() {
+    let url = pg::fresh_database();
+    let epochs: Vec<String> = std::thread::scope(|scope| {
+        let opening: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    Store::open(&url, StoreOptions::default())
+                        .unwrap()
+                        .epoch()
+                        .to_owned()
+                })
+            })
+            .collect();
+        opening.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(epochs.iter().all(|e| *e == epochs[0]), "{epochs:?}");
+    // A database migrated by a newer server is refused.
+    pg::sql(&url, "UPDATE atomsync_schema SET version = version + 1");
+    let err = Store::open(&url, StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
