@@ -578,3 +578,41 @@ fn instances_starting_at_once_migrate_once_and_share_the_epoch() {
     let err = Store::open(&url, StoreOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
+
+/// A database restored under a running server (here: replaced by a copy
+/// under the same name, its connections cut) is noticed when the server
+/// reconnects: a new epoch, and cursors of the old history reset.
+#[test]
+fn a_database_restored_under_a_running_store_gets_a_new_epoch_on_reconnect() {
+    let url = pg::fresh_database();
+    let mut store = Store::open(&url, StoreOptions::default()).unwrap();
+    push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
+    let cursor = store.cursor();
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let admin = format!("{base}/postgres");
+    pg::sql(
+        &admin,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+    );
+    pg::sql(
+        &admin,
+        &format!("CREATE DATABASE {name}_copy TEMPLATE {name}"),
+    );
+    pg::sql(&admin, &format!("DROP DATABASE {name} WITH (FORCE)"));
+    pg::sql(
+        &admin,
+        &format!("ALTER DATABASE {name}_copy RENAME TO {name}"),
+    );
+    // The first request finds the connection cut (503), the next reconnects.
+    let mut answer = pull(&mut store, Some(cursor.clone()), None);
+    for _ in 0..50 {
+        if !matches!(answer, Err(Error::Unavailable)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        answer = pull(&mut store, Some(cursor.clone()), None);
+    }
+    assert!(matches!(answer, Err(Error::CursorReset(_))), "{answer:?}");
+    assert_ne!(store.epoch(), cursor.epoch);
+    assert_eq!(pull(&mut store, None, None).unwrap().documents.len(), 1);
+}

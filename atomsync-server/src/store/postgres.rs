@@ -304,8 +304,31 @@ impl PgStore {
             self.conn = None;
         }
         if self.conn.is_none() {
-            match Conn::connect(&self.config) {
-                Ok(conn) => self.conn = Some(conn),
+            // The database may have been restored, recovered to a point in
+            // time or failed over while the connection was down: the same
+            // check as on open (under the meta row's lock, so one server
+            // takes the new epoch and the others see it).
+            let connected = Conn::connect(&self.config).map(|mut conn| {
+                let settled = settle_epoch(&mut conn.client, &StoreOptions::default());
+                (conn, settled)
+            });
+            match connected {
+                Ok((conn, Ok((epoch, reason)))) => {
+                    self.conn = Some(conn);
+                    if epoch != self.epoch {
+                        tracing::warn!(old = %self.epoch, new = %epoch, "the database has a new epoch");
+                        self.epoch = epoch;
+                        self.seq = 0;
+                        self.purged_seq = 0;
+                        if reason.is_some() {
+                            self.new_epoch_reason = reason;
+                        }
+                    }
+                }
+                Ok((_, Err(e))) => {
+                    tracing::warn!(error = %e, "PostgreSQL answered but its epoch could not be checked");
+                    return Err(Error::Unavailable);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "PostgreSQL is out of reach");
                     return Err(Error::Unavailable);
