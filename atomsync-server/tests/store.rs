@@ -481,6 +481,16 @@ on_both_backends! {
     }
 
     #[test]
+    fn values_with_control_characters_and_unicode_round_trip() {
+        let mut store = store();
+        let text = "((s . \"nul \\x0; tab \\x9; é 😀\") (c . #\\x0))";
+        push(&mut store, "c", vec![change(1, "k é 😀", 0, Some(text))]).unwrap();
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(page.documents[0].key, "k é 😀");
+        assert_eq!(page.documents[0].value, Some(raw(text)));
+    }
+
+    #[test]
     fn epoch_data_and_purge_floor_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let db = location(dir.path());
