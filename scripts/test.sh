@@ -40,7 +40,7 @@ echo "== IndexedDB adapter in headless Chromium (wasm-bindgen-test)"
 (cd atomsync-leptos &&
   CHROMEDRIVER="$(command -v chromedriver)" \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  cargo test -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --test idb_wasm --test no_idb_wasm --test server_url_wasm)
+  cargo test -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --test idb_wasm --test no_idb_wasm --test server_url_wasm --test server_fn_wasm)
 echo "== a page hydrating with atomsync-leptos/hydrate off says so (headless Chromium)"
 (cd atomsync-leptos &&
   CHROMEDRIVER="$(command -v chromedriver)" \

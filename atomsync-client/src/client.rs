@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use atomsync_core::engine::{
-    Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, Failure, RoundEnd, Step,
-    Storage, SyncRound, SyncStatus,
+    Conflict, ConflictPolicy, Effects, Engine, EngineError, EngineOptions, Failure, FailureKind,
+    Halt, RoundEnd, Step, Storage, SyncRound, SyncStatus,
 };
 use atomsync_core::protocol::{PullRequest, PullResponse, PushRequest, PushResponse};
 use atomsync_core::sexpr::Raw;
@@ -143,6 +144,55 @@ pub struct SyncReport {
     pub conflicts: Vec<Conflict>,
 }
 
+/// Why and since when syncing a group is halted (see [`Client::halted`]).
+///
+/// A halt follows a failure that retrying the same request cannot fix:
+/// refused credentials (401, 403: [`FailureKind::Auth`]) or a refused
+/// request (another 4xx: [`FailureKind::Permanent`]). Local reads and writes
+/// go on working; [`Client::sync`] answers [`Error::Halted`] until the halt
+/// ends:
+///
+/// - a credentials halt ends by itself when a token is set afterwards
+///   ([`Client::set_token`]); when no token was set at all
+///   ([`Halted::waiting_for_token`]), only a token (not `None`) ends it;
+/// - any halt ends with [`Client::resume`], and when the client is opened
+///   again (halts are not stored: a refusal comes back only if the server
+///   still refuses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Halted {
+    /// The engine's halt: its kind and the server's message.
+    pub halt: Halt,
+    /// When the request that halted syncing was answered.
+    pub since: SystemTime,
+    /// The server refused a request sent without a token (a 401 before
+    /// login): syncing waits for [`Client::set_token`] with a token.
+    pub waiting_for_token: bool,
+}
+
+/// The credentials requests are sent with, as far as halts care: a counter
+/// bumped by every [`Client::set_token`] and whether a token is set.
+#[derive(Debug, Default)]
+struct Credentials {
+    generation: AtomicU64,
+    token_set: AtomicBool,
+}
+
+impl Credentials {
+    /// `(generation, token set)` now.
+    fn now(&self) -> (u64, bool) {
+        (
+            self.generation.load(Ordering::SeqCst),
+            self.token_set.load(Ordering::SeqCst),
+        )
+    }
+
+    fn set(&self, token_set: bool) {
+        self.token_set.store(token_set, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// An offline-first client of an atomsync server: one sync engine per group,
 /// their state in SQLite, and a transport.
 ///
@@ -203,6 +253,7 @@ struct Shared<T> {
     device_id: String,
     options: ClientOptions,
     started: Instant,
+    credentials: Arc<Credentials>,
     groups: Mutex<HashMap<String, Arc<Group>>>,
 }
 
@@ -222,6 +273,10 @@ struct GroupState {
     /// of its storage and is restored from it before the next use.
     engine: Option<Engine>,
     storage: SqliteStorage,
+    /// The engine's halt, when it began, and the credentials generation the
+    /// refused request was sent with.
+    halt: Option<(Halted, u64)>,
+    credentials: Arc<Credentials>,
 }
 
 impl GroupState {
@@ -230,6 +285,7 @@ impl GroupState {
         client_id: String,
         db: &SqliteDatabase,
         options: EngineOptions,
+        credentials: Arc<Credentials>,
     ) -> Result<Self> {
         let mut state = GroupState {
             name: name.to_owned(),
@@ -237,12 +293,15 @@ impl GroupState {
             options,
             engine: None,
             storage: db.storage(name),
+            halt: None,
+            credentials,
         };
         state.engine()?;
         Ok(state)
     }
 
-    /// The engine, restored from the storage if it had to be dropped.
+    /// The engine, restored from the storage if it had to be dropped; a
+    /// credentials halt that a later token ended is resumed first.
     fn engine(&mut self) -> Result<&mut Engine> {
         if self.engine.is_none() {
             let engine = match self.storage.load()? {
@@ -251,7 +310,40 @@ impl GroupState {
             };
             self.engine = Some(engine.with_options(self.options.clone()));
         }
-        Ok(self.engine.as_mut().expect("set above"))
+        let engine = self.engine.as_mut().expect("set above");
+        if engine.status().halted.is_none() {
+            // Resumed, or restored (halts are not stored).
+            self.halt = None;
+        } else if let Some((halted, generation)) = &self.halt {
+            let (now, token_set) = self.credentials.now();
+            if halted.halt.kind == FailureKind::Auth
+                && now != *generation
+                && (token_set || !halted.waiting_for_token)
+            {
+                engine.resume();
+                self.halt = None;
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Notes when the engine halted, after a request sent with the
+    /// credentials `sent_with` (`(generation, token set)`).
+    fn note_halt(&mut self, sent_with: (u64, bool)) {
+        let halt = self.engine.as_ref().and_then(|e| e.status().halted);
+        match halt {
+            None => self.halt = None,
+            Some(halt) if self.halt.is_none() => {
+                let waiting_for_token = halt.kind == FailureKind::Auth && !sent_with.1;
+                let halted = Halted {
+                    halt,
+                    since: SystemTime::now(),
+                    waiting_for_token,
+                };
+                self.halt = Some((halted, sent_with.0));
+            }
+            Some(_) => {}
+        }
     }
 
     /// Persists what a step did; if that fails, the engine is dropped (to be
@@ -336,18 +428,13 @@ impl Client<HttpTransport> {
         }
         Self::with_transport(location, transport, device_id, options).await
     }
-
-    /// Replaces the bearer token for the requests sent from now on (after an
-    /// auth failure, also [`Client::resume`] the halted groups).
-    pub fn set_token(&self, token: Option<String>) {
-        self.shared.transport.set_token(token);
-    }
 }
 
 impl<T: Transport> Client<T> {
     /// A client talking through `transport` (for other transports, or a test
     /// double). [`ClientOptions::token`] and [`ClientOptions::timeout`] are
-    /// the transport's business and are not used here.
+    /// the transport's business: they are not given to it here, but whether
+    /// a token is set decides whether a 401 waits for one (see [`Halted`]).
     ///
     /// # Errors
     ///
@@ -373,6 +460,10 @@ impl<T: Transport> Client<T> {
         })
         .await
         .map_err(task_error)??;
+        let credentials = Credentials::default();
+        credentials
+            .token_set
+            .store(options.token.is_some(), Ordering::SeqCst);
         Ok(Client {
             shared: Arc::new(Shared {
                 db,
@@ -380,9 +471,19 @@ impl<T: Transport> Client<T> {
                 device_id: device_id.to_owned(),
                 options,
                 started: Instant::now(),
+                credentials: Arc::new(credentials),
                 groups: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Replaces the bearer token for the requests sent from now on. Every
+    /// group halted because the server refused the earlier credentials
+    /// resumes (see [`Halted`]): its next [`Client::sync`] sends again.
+    pub fn set_token(&self, token: Option<String>) {
+        let token_set = token.is_some();
+        self.shared.transport.set_token(token);
+        self.shared.credentials.set(token_set);
     }
 
     /// The device id given to [`Client::open`].
@@ -520,11 +621,22 @@ impl<T: Transport> Client<T> {
         self.run(group, |state| Ok(state.engine()?.status())).await
     }
 
+    /// Why and since when syncing `group` is halted, if it is (see
+    /// [`Halted`]).
+    pub async fn halted(&self, group: &str) -> Result<Option<Halted>> {
+        self.run(group, |state| {
+            state.engine()?;
+            Ok(state.halt.as_ref().map(|(halted, _)| halted.clone()))
+        })
+        .await
+    }
+
     /// Ends a halt of `group` after an auth or permanent failure (once the
     /// app fixed the cause), so that the next sync sends again.
     pub async fn resume(&self, group: &str) -> Result<()> {
         self.run(group, |state| {
             state.engine()?.resume();
+            state.halt = None;
             Ok(())
         })
         .await
@@ -577,7 +689,13 @@ impl<T: Transport> Shared<T> {
             return Ok(Arc::clone(group));
         }
         let client_id = format!("{}/{name}", self.device_id);
-        let state = GroupState::load(name, client_id, &self.db, self.options.engine.clone())?;
+        let state = GroupState::load(
+            name,
+            client_id,
+            &self.db,
+            self.options.engine.clone(),
+            Arc::clone(&self.credentials),
+        )?;
         let group = Arc::new(Group {
             name: name.to_owned(),
             sync: tokio::sync::Mutex::new(()),
@@ -628,6 +746,8 @@ impl<T: Transport> Shared<T> {
             })
             .await?;
             round = back;
+            // A refusal halts with the credentials the request carried.
+            let sent_with = self.credentials.now();
             let sent = match step {
                 Step::Push(request) => {
                     report.pushes += 1;
@@ -658,6 +778,7 @@ impl<T: Transport> Shared<T> {
                         }
                     })
                 })?;
+                state.note_halt(sent_with);
                 Ok((effects, round))
             })
             .await?;
@@ -807,6 +928,85 @@ mod tests {
         a.set("g", "k", &2).await.unwrap();
         assert_eq!(a.get::<i32>("g", "k").await.unwrap(), Some(2));
         a.resume("g").await.unwrap();
+        a.sync("g").await.unwrap();
+        assert_eq!(a.status("g").await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn a_401_before_login_waits_for_a_token() {
+        let transport = FakeTransport::default();
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        a.set("g", "k", &1).await.unwrap();
+        assert_eq!(a.halted("g").await.unwrap(), None);
+        transport.fail_next(Failure::Status(401));
+        let before = SystemTime::now();
+        a.sync("g").await.unwrap_err();
+        let halted = a.halted("g").await.unwrap().expect("halted");
+        assert_eq!(halted.halt.kind, FailureKind::Auth);
+        assert!(halted.waiting_for_token);
+        assert!(halted.since >= before && halted.since <= SystemTime::now());
+        // No token yet: still waiting.
+        a.set_token(None);
+        assert!(matches!(a.sync("g").await, Err(Error::Halted(_))));
+        // A token ends the halt, without a resume.
+        a.set_token(Some("t".to_owned()));
+        assert_eq!(a.halted("g").await.unwrap(), None);
+        a.sync("g").await.unwrap();
+        assert_eq!(a.status("g").await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_token_ends_a_credentials_halt() {
+        let transport = FakeTransport::default();
+        let a = client(&transport, "a", ClientOptions::default().token("old")).await;
+        a.set("g", "k", &1).await.unwrap();
+        transport.fail_next(Failure::Status(403));
+        a.sync("g").await.unwrap_err();
+        let halted = a.halted("g").await.unwrap().expect("halted");
+        assert!(!halted.waiting_for_token, "{halted:?}");
+        assert!(matches!(a.sync("g").await, Err(Error::Halted(_))));
+        a.set_token(Some("new".to_owned()));
+        a.sync("g").await.unwrap();
+        assert_eq!(a.status("g").await.unwrap().pending, 0);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_ended_by_a_token_but_by_resume() {
+        let transport = FakeTransport::default();
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        a.set("g", "k", &1).await.unwrap();
+        transport.fail_next(Failure::Status(400));
+        a.sync("g").await.unwrap_err();
+        a.set_token(Some("t".to_owned()));
+        let halted = a.halted("g").await.unwrap().expect("still halted");
+        assert_eq!(halted.halt.kind, FailureKind::Permanent);
+        assert!(matches!(a.sync("g").await, Err(Error::Halted(_))));
+        a.resume("g").await.unwrap();
+        assert_eq!(a.halted("g").await.unwrap(), None);
+        a.sync("g").await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_set_while_a_request_was_refused_ends_that_halt() {
+        // The 401 answers a request sent before the new token: the halt it
+        // causes is ended by that token already.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let transport = FakeTransport {
+            gate: Some(Arc::clone(&gate)),
+            ..FakeTransport::default()
+        };
+        let a = client(&transport, "a", ClientOptions::default()).await;
+        a.set("g", "k", &1).await.unwrap();
+        transport.fail_next(Failure::Status(401));
+        let syncing = tokio::spawn({
+            let a = a.clone();
+            async move { a.sync("g").await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        a.set_token(Some("t".to_owned()));
+        gate.add_permits(100);
+        syncing.await.unwrap().unwrap_err();
+        assert_eq!(a.halted("g").await.unwrap(), None);
         a.sync("g").await.unwrap();
         assert_eq!(a.status("g").await.unwrap().pending, 0);
     }

@@ -26,8 +26,9 @@ pub enum Error {
     #[error("sync failed: {0}")]
     Sync(Failure),
     /// Syncing the group is halted after an auth or permanent failure, until
-    /// [`Client::resume`](crate::Client::resume). Local reads and writes go on
-    /// working.
+    /// [`Client::resume`](crate::Client::resume), or (refused credentials)
+    /// until [`Client::set_token`](crate::Client::set_token) sets new ones;
+    /// see [`Halted`](crate::Halted). Local reads and writes go on working.
     #[error("sync halted: {}", .0.message)]
     Halted(Halt),
     /// The server URL is not a usable `http` or `https` URL.

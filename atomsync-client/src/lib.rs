@@ -41,6 +41,11 @@
 //!   an error answer with an S-expression body is
 //!   [`Failure::Error`](atomsync_core::engine::Failure::Error), anything else
 //!   unusable is [`Failure::Status`](atomsync_core::engine::Failure::Status).
+//! - Every request has a time limit ([`ClientOptions::timeout`], 30 s); a
+//!   request without an answer is `Unreachable`, retried with backoff. A
+//!   refusal that retrying cannot fix halts the group ([`Client::halted`]):
+//!   refused credentials until [`Client::set_token`] (a 401 sent without a
+//!   token waits for one), anything else until [`Client::resume`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -49,7 +54,7 @@ mod error;
 mod storage;
 mod transport;
 
-pub use client::{Client, ClientOptions, ConflictCallback, Location, SyncReport};
+pub use client::{Client, ClientOptions, ConflictCallback, Halted, Location, SyncReport};
 pub use error::{Error, Result};
 pub use storage::{SqliteDatabase, SqliteOptions, SqliteStorage, Synchronous};
 pub use transport::{DEFAULT_TIMEOUT, HttpTransport, Transport};

@@ -32,6 +32,13 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         request: &PushRequest,
     ) -> impl Future<Output = Result<PushResponse, Failure>> + Send;
+
+    /// Replaces the bearer token for the requests sent from now on (`None`:
+    /// send none). Called by [`Client::set_token`](crate::Client::set_token);
+    /// the default does nothing (a transport without tokens).
+    fn set_token(&self, token: Option<String>) {
+        let _ = token;
+    }
 }
 
 /// The protocol over HTTP (`docs/protocol.md`), with reqwest.
@@ -169,6 +176,10 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
+    fn set_token(&self, token: Option<String>) {
+        HttpTransport::set_token(self, token);
+    }
+
     async fn pull(&self, request: &PullRequest) -> Result<PullResponse, Failure> {
         let mut query: Vec<(&str, String)> = vec![("group", request.group.clone())];
         if let Some(since) = &request.since {

@@ -1655,3 +1655,45 @@ fn a_forwarded_write_is_validated_like_a_local_one() {
     ));
     assert_eq!(leader.engine.conflicts().count(), 0);
 }
+
+/// Found by the simulation (issue 9): a change the server decided (its
+/// answer lost) and then rebased after a cursor reset must not be sent
+/// again under its old number with another base version: the server takes
+/// one number for one change (group, key, base version, value) and answers
+/// `mutation-reused`, after which the engine renames itself and loses the
+/// idempotency of every other change decided under the old id.
+#[test]
+fn a_rebased_change_takes_a_new_number() {
+    let mut server = FakeServer::new();
+    server.put(GROUP, "k", Some(raw("\"theirs\"")));
+    let mut engine = Engine::new(GROUP, "a").unwrap();
+    let _stored = engine.set("k", raw("\"mine\"")).unwrap();
+    // Decided (a conflict against version 1), the answer lost.
+    let push = engine.next_push(0).unwrap();
+    assert_eq!(push.changes[0].base_version, 0);
+    let _decided = server.push(&push).unwrap();
+    let _lost = engine.on_push_error(&push, &Failure::Unreachable, 0, 0.5);
+    let later = 1_000_000;
+    // The engine learns the document as it is, then the database is
+    // renumbered: the pull from the beginning rebases the write on it.
+    let pull = engine.next_pull(later).unwrap();
+    let _page = engine.on_pull_response(&pull, server.pull(&pull).unwrap());
+    server.renumber();
+    let pull = engine.next_pull(later).unwrap();
+    let reset = server.pull(&pull).unwrap_err();
+    let _reset = engine.on_pull_error(&pull, &Failure::Error(reset), later, 0.5);
+    let pull = engine.next_pull(later).unwrap();
+    let _page = engine.on_pull_response(&pull, server.pull(&pull).unwrap());
+    let push = engine.next_push(later).unwrap();
+    assert_eq!(push.changes.len(), 1);
+    assert_eq!(push.changes[0].base_version, 1);
+    let answer = server.push(&push);
+    assert!(
+        matches!(
+            &answer,
+            Ok(PushResponse { results, .. })
+                if matches!(results[..], [ChangeResult::Accepted { version: 2, .. }])
+        ),
+        "{push:?} -> {answer:?}"
+    );
+}

@@ -50,6 +50,13 @@
 //! engine's push and pull requests to the server functions (or a standalone
 //! server's HTTP routes). The signal holds decoded values; only the keys an
 //! engine step reports as changed are decoded again.
+//!
+//! Every request has a time limit (`request_timeout_ms`, 30 s): one without
+//! an answer is aborted and retried with backoff like any temporary failure.
+//! A refusal that retrying cannot fix halts the group's sync until a new
+//! token, the browser's `online` event, [`SyncedAtom::resume`] or a new page
+//! load, depending on its [`HaltReason`]; [`AtomStatus::halted`] says which
+//! (see [`SyncHalt`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -59,8 +66,10 @@ pub mod browser;
 pub mod codec;
 mod docs;
 mod features;
+mod fn_client;
 #[cfg(feature = "ssr")]
 mod guard;
+mod halt;
 #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
 pub mod idb_store;
 mod options;
@@ -79,7 +88,10 @@ mod use_synced_atom;
 
 pub use codec::{SExpr, SExprEncoding};
 pub use docs::Docs;
-pub use options::{ConflictCallback, Endpoint, ErrorCallback, UseSyncedAtomOptions};
+pub use halt::{HaltReason, SyncHalt};
+pub use options::{
+    ConflictCallback, DEFAULT_REQUEST_TIMEOUT_MS, Endpoint, ErrorCallback, UseSyncedAtomOptions,
+};
 #[cfg(feature = "ssr")]
 pub use server_fns::{provide_sync_service, provide_sync_service_with_options};
 pub use use_synced_atom::{

@@ -12,6 +12,9 @@ pub type ConflictCallback = Rc<dyn Fn(&Conflict)>;
 /// A callback for errors.
 pub type ErrorCallback = Rc<dyn Fn(&str)>;
 
+/// The default time limit of one request, in milliseconds (30 s).
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u32 = 30_000;
+
 /// Where a synced atom syncs to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Endpoint {
@@ -42,6 +45,11 @@ pub struct UseSyncedAtomOptions {
     /// How often to pull when nothing else triggers a sync, in milliseconds.
     /// Default: 2000. With live updates on, this is only the fallback.
     pub poll_interval_ms: u32,
+    /// The time limit of one push or pull, in milliseconds. Default: 30 000.
+    /// A request without an answer by then is abandoned (its `fetch`
+    /// aborted) and counts as the server being unreachable: it is retried
+    /// with the usual backoff, so a hung connection never stalls the group.
+    pub request_timeout_ms: u32,
     /// Listen to the server's `/events` stream (server-sent events) and pull
     /// as soon as a change is announced. Default: on. Browsers cannot send an
     /// `Authorization` header with `EventSource`, so with a token the atom
@@ -70,6 +78,7 @@ impl Default for UseSyncedAtomOptions {
             endpoint: None,
             token: Signal::stored(None),
             poll_interval_ms: 2000,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             live: true,
             server_render: true,
             events_url: None,
@@ -85,6 +94,7 @@ impl fmt::Debug for UseSyncedAtomOptions {
         f.debug_struct("UseSyncedAtomOptions")
             .field("endpoint", &self.endpoint)
             .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
@@ -112,6 +122,13 @@ impl UseSyncedAtomOptions {
     /// Sets the poll interval in milliseconds.
     pub fn poll_interval_ms(mut self, ms: u32) -> Self {
         self.poll_interval_ms = ms.max(50);
+        self
+    }
+
+    /// Sets the time limit of one request in milliseconds (at least 10; see
+    /// the `request_timeout_ms` field).
+    pub fn request_timeout_ms(mut self, ms: u32) -> Self {
+        self.request_timeout_ms = ms.max(10);
         self
     }
 

@@ -10,7 +10,9 @@
 //! protocol's content type with 415, a body over the limit with 413 and one
 //! that does not arrive in time with 408 (`atomsync_server::read_sexpr_body`),
 //! each with the protocol's S-expression `ErrorBody`, before the arguments
-//! are decoded. See `docs/security.md`.
+//! are decoded. In the browser they go through [`SyncFnClient`], which keeps
+//! the status and body of such a refusal (and of a proxy's or host's, such as
+//! a plain `413`) as a [`ServerFnFailure`]. See `docs/security.md`.
 
 // The argument structs `#[server]` generates have undocumented fields.
 #![allow(missing_docs)]
@@ -19,6 +21,7 @@ use atomsync_core::protocol::{ErrorBody, PullRequest, PullResponse, PushRequest,
 use leptos::prelude::*;
 
 use crate::codec::SExpr;
+pub use crate::fn_client::{ServerFnFailure, SyncFnClient};
 
 /// The answer of a server function: the protocol's response, or the
 /// protocol's error (the same [`ErrorBody`] the HTTP routes send), in band so
@@ -50,12 +53,12 @@ macro_rules! on_the_server {
 }
 
 /// Pulls the documents of a group changed after a cursor.
-#[server(prefix = "/atomsync", endpoint = "pull", input = SExpr, output = SExpr)]
+#[server(prefix = "/atomsync", endpoint = "pull", input = SExpr, output = SExpr, client = SyncFnClient)]
 #[middleware(crate::guard::ServerFnGuard)]
 pub async fn pull(
     token: Option<String>,
     request: PullRequest,
-) -> Result<Reply<PullResponse>, ServerFnError> {
+) -> Result<Reply<PullResponse>, ServerFnFailure> {
     on_the_server! {
         let (service, credentials) = match server::service_and_credentials(token) {
             Ok(found) => found,
@@ -69,12 +72,12 @@ pub async fn pull(
 }
 
 /// Pushes a batch of changes to a group.
-#[server(prefix = "/atomsync", endpoint = "push", input = SExpr, output = SExpr)]
+#[server(prefix = "/atomsync", endpoint = "push", input = SExpr, output = SExpr, client = SyncFnClient)]
 #[middleware(crate::guard::ServerFnGuard)]
 pub async fn push(
     token: Option<String>,
     request: PushRequest,
-) -> Result<Reply<PushResponse>, ServerFnError> {
+) -> Result<Reply<PushResponse>, ServerFnFailure> {
     on_the_server! {
         let (service, credentials) = match server::service_and_credentials(token) {
             Ok(found) => found,

@@ -10,6 +10,7 @@ use futures::channel::mpsc::UnboundedReceiver;
 use leptos::prelude::*;
 
 use crate::browser::{now_ms, random, random_id, sleep};
+use crate::halt::{Resume, SyncHalt};
 use crate::idb_store::LocalDb;
 use crate::options::{Endpoint, server_routes};
 use crate::transport;
@@ -80,6 +81,11 @@ pub(crate) async fn run(shared: Weak<Shared>, wakes: &mut UnboundedReceiver<()>)
         _ => None,
     };
     let mut events_opened = now_ms();
+    // The browser's `online` event resumes a credentials halt and forgets
+    // the backoff (removed when the loop ends).
+    let _online = shared
+        .upgrade()
+        .and_then(|shared| OnlineListener::add(&shared));
     loop {
         let wait = {
             let Some(shared) = shared.upgrade() else {
@@ -139,7 +145,9 @@ pub(crate) async fn run(shared: Weak<Shared>, wakes: &mut UnboundedReceiver<()>)
 /// request the round asks for is sent, its answer folded in through the
 /// round, and the resulting batch persisted before the next request.
 async fn step(shared: &Rc<Shared>) {
+    shared.resume_on_new_token();
     let token = shared.options.token.get_untracked();
+    let timeout_ms = shared.options.request_timeout_ms;
     shared.set_syncing(true);
     let mut round = SyncRound::new();
     let failures = shared.writer.failures();
@@ -157,31 +165,55 @@ async fn step(shared: &Rc<Shared>) {
         };
         let (what, answer) = match step {
             Step::Push(request) => {
-                let answer =
-                    transport::push(&shared.endpoint, token.clone(), request.clone()).await;
+                let sent = transport::push(&shared.endpoint, token.clone(), request.clone());
+                let answer = within(timeout_ms, sent).await;
                 ("push", Answer::Push(request, answer))
             }
             Step::Pull(request) => {
-                let answer =
-                    transport::pull(&shared.endpoint, token.clone(), request.clone()).await;
+                let sent = transport::pull(&shared.endpoint, token.clone(), request.clone());
+                let answer = within(timeout_ms, sent).await;
                 ("pull", Answer::Pull(request, answer))
             }
             Step::Done(_) => break,
         };
-        settle(shared, what, &mut round, answer).await;
+        settle(shared, what, &token, &mut round, answer).await;
     }
     shared.set_syncing(false);
 }
 
+/// A request's answer, or why there is none.
+type Answered<T> = Result<T, (Failure, Option<u32>)>;
+
 /// A request of the round with its answer.
 enum Answer {
-    Push(PushRequest, Result<PushResponse, Failure>),
-    Pull(PullRequest, Result<PullResponse, Failure>),
+    Push(PushRequest, Answered<PushResponse>),
+    Pull(PullRequest, Answered<PullResponse>),
+}
+
+/// The answer of `request` if it comes within `timeout_ms`; otherwise the
+/// request is dropped (a `fetch` is aborted) and the server counts as
+/// unreachable, with the time limit noted.
+async fn within<T>(
+    timeout_ms: u32,
+    request: impl Future<Output = Result<T, Failure>>,
+) -> Answered<T> {
+    let timer = Box::pin(sleep(timeout_ms));
+    match futures::future::select(Box::pin(request), timer).await {
+        futures::future::Either::Left((answer, _)) => answer.map_err(|failure| (failure, None)),
+        futures::future::Either::Right(((), _)) => Err((Failure::Unreachable, Some(timeout_ms))),
+    }
 }
 
 /// Folds a server answer (or failure) into the engine through the round,
-/// persists and publishes the result.
-async fn settle(shared: &Shared, what: &str, round: &mut SyncRound, answer: Answer) {
+/// persists and publishes the result; a refusal that halted the engine is
+/// shown in the status (`token`: what the request carried).
+async fn settle(
+    shared: &Shared,
+    what: &str,
+    token: &Option<String>,
+    round: &mut SyncRound,
+    answer: Answer,
+) {
     let failure = match &answer {
         Answer::Push(_, result) => result.as_ref().err().cloned(),
         Answer::Pull(_, result) => result.as_ref().err().cloned(),
@@ -191,24 +223,71 @@ async fn settle(shared: &Shared, what: &str, round: &mut SyncRound, answer: Answ
         let Some(engine) = engine.as_mut() else {
             return;
         };
-        match answer {
+        let strip = |(failure, _): (Failure, Option<u32>)| failure;
+        let effects = match answer {
             Answer::Push(request, result) => {
-                round.on_push(engine, &request, result, now_ms(), random())
+                round.on_push(engine, &request, result.map_err(strip), now_ms(), random())
             }
             Answer::Pull(request, result) => {
-                round.on_pull(engine, &request, result, now_ms(), random())
+                round.on_pull(engine, &request, result.map_err(strip), now_ms(), random())
             }
-        }
+        };
+        (effects, engine.status().halted)
     };
+    let (effects, halted) = effects;
     // Callbacks run with the engine released: they may write to the atom.
     match &failure {
-        Some(failure) => {
+        Some((failure, timed_out)) => {
             shared.set_online(!matches!(failure, Failure::Unreachable));
-            shared.report_error(format!("{what} failed: {failure}"));
+            let message = match timed_out {
+                Some(ms) => format!("{what} failed: no answer within {ms} ms; retrying"),
+                None => format!("{what} failed: {failure}"),
+            };
+            if let Some(halt) = halted.filter(|_| shared.halt.borrow().is_none()) {
+                let halt =
+                    SyncHalt::from_failure(failure, halt.message, token.is_some(), now_ms() as i64);
+                shared.set_halt(Some((halt, token.clone())));
+            }
+            shared.report_error(message);
         }
         None => shared.synced(now_ms()),
     }
     shared.handle(effects).await;
+}
+
+/// Resumes on the browser's `online` event while registered.
+struct OnlineListener {
+    on_online: wasm_bindgen::closure::Closure<dyn FnMut(web_sys::Event)>,
+}
+
+impl OnlineListener {
+    fn add(shared: &Rc<Shared>) -> Option<OnlineListener> {
+        use wasm_bindgen::JsCast;
+        let weak = Rc::downgrade(shared);
+        let on_online = wasm_bindgen::closure::Closure::<dyn FnMut(web_sys::Event)>::new(
+            move |_event: web_sys::Event| {
+                if let Some(shared) = weak.upgrade() {
+                    shared.resume(Resume::Online);
+                }
+            },
+        );
+        web_sys::window()?
+            .add_event_listener_with_callback("online", on_online.as_ref().unchecked_ref())
+            .ok()?;
+        Some(OnlineListener { on_online })
+    }
+}
+
+impl Drop for OnlineListener {
+    fn drop(&mut self) {
+        use wasm_bindgen::JsCast;
+        if let Some(window) = web_sys::window() {
+            let _ = window.remove_event_listener_with_callback(
+                "online",
+                self.on_online.as_ref().unchecked_ref(),
+            );
+        }
+    }
 }
 
 /// How long after opening the event stream a closed one is opened again (the

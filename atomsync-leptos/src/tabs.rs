@@ -47,6 +47,7 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::*;
 
 use crate::browser::{now_ms, sleep};
+use crate::halt::{Resume, SyncHalt};
 use crate::idb_store::OutboxEntry;
 use crate::use_synced_atom::Shared;
 use leptos::prelude::Set;
@@ -73,12 +74,22 @@ pub(crate) enum TabMessage {
         /// The leader's unread conflict reports, when they changed.
         conflicts: Option<Vec<Conflict>>,
     },
+    /// The leader's sync halted (`Some`) or resumed (`None`).
+    Halted {
+        group: String,
+        halted: Option<SyncHalt>,
+    },
+    /// A follower asks the leader to resume a halted sync.
+    Resume { group: String, why: Resume },
 }
 
 impl TabMessage {
     fn group(&self) -> &str {
         match self {
-            TabMessage::Outbox { group } | TabMessage::Changed { group, .. } => group,
+            TabMessage::Outbox { group }
+            | TabMessage::Changed { group, .. }
+            | TabMessage::Halted { group, .. }
+            | TabMessage::Resume { group, .. } => group,
         }
     }
 }
@@ -630,6 +641,15 @@ impl Shared {
                 }
             }
             TabMessage::Changed { .. } => {}
+            TabMessage::Halted { halted, .. } if self.follower.get() => {
+                self.status.halted.set(halted);
+            }
+            TabMessage::Halted { .. } => {}
+            TabMessage::Resume { why, .. } => {
+                if !self.follower.get() {
+                    self.resume(why);
+                }
+            }
         }
     }
 }

@@ -28,8 +28,8 @@ pub async fn pull(
     request: PullRequest,
 ) -> Result<PullResponse, Failure> {
     #[cfg(feature = "fault-injection")]
-    if let Some(answer) = crate::testing::fake_pull(&request) {
-        return answer;
+    if let Some(answer) = crate::testing::fake_pull(&request, token.as_deref()) {
+        return answer.await;
     }
     match endpoint {
         Endpoint::ServerFunctions => from_server_fn(crate::server_fns::pull(token, request).await),
@@ -58,8 +58,8 @@ pub async fn push(
     #[cfg(feature = "fault-injection")]
     crate::testing::record_push(&request);
     #[cfg(feature = "fault-injection")]
-    if let Some(answer) = crate::testing::fake_push(&request) {
-        return answer;
+    if let Some(answer) = crate::testing::fake_push(&request, token.as_deref()) {
+        return answer.await;
     }
     match endpoint {
         Endpoint::ServerFunctions => from_server_fn(crate::server_fns::push(token, request).await),
@@ -78,17 +78,12 @@ pub async fn push(
 }
 
 fn from_server_fn<T>(
-    result: Result<Result<T, ErrorBody>, leptos::prelude::ServerFnError>,
+    result: Result<Result<T, ErrorBody>, crate::fn_client::ServerFnFailure>,
 ) -> Result<T, Failure> {
-    use leptos::prelude::ServerFnError;
     match result {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(body)) => Err(Failure::Error(body)),
-        Err(ServerFnError::Request(_)) => Err(Failure::Unreachable),
-        Err(ServerFnError::Deserialization(_) | ServerFnError::Response(_)) => {
-            Err(Failure::Status(502))
-        }
-        Err(_) => Err(Failure::Status(500)),
+        Err(failure) => Err(Failure::from(failure)),
     }
 }
 
@@ -110,6 +105,10 @@ async fn fetch<T: DeserializeOwned>(
         init.set_body(&wasm_bindgen::JsValue::from_str(body));
     }
     init.set_headers(&headers);
+    // Dropped with this future (the sync loop's time limit): the browser
+    // cancels the request.
+    let abort = AbortOnDrop(web_sys::AbortController::new().map_err(|_| Failure::Unreachable)?);
+    init.set_signal(Some(&abort.0.signal()));
     let request =
         web_sys::Request::new_with_str_and_init(url, &init).map_err(|_| Failure::Unreachable)?;
     let window = web_sys::window().ok_or(Failure::Unreachable)?;
@@ -126,6 +125,7 @@ async fn fetch<T: DeserializeOwned>(
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
+    drop(abort);
     if response.ok() {
         sexpr::from_str(&text).map_err(|_| Failure::Status(502))
     } else {
@@ -133,5 +133,14 @@ async fn fetch<T: DeserializeOwned>(
             Ok(body) => Err(Failure::Error(body)),
             Err(_) => Err(Failure::Status(status)),
         }
+    }
+}
+
+/// Aborts a `fetch` when dropped (harmless once it has answered).
+struct AbortOnDrop(web_sys::AbortController);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::docs::Docs;
+use crate::halt::{Resume, SyncHalt};
 use crate::options::{Endpoint, UseSyncedAtomOptions};
 
 /// The bounds of a document type: any serde type that can be cloned and
@@ -93,6 +94,13 @@ pub struct AtomStatus {
     pub last_error: ReadSignal<Option<String>>,
     /// Conflicts reported by the server and not yet dismissed.
     pub conflicts: ReadSignal<Vec<Conflict>>,
+    /// Why and since when sync is halted, if it is: the server refused the
+    /// credentials or a request, and sending again cannot help until
+    /// something changes. Local reads and writes go on working. A new
+    /// token, the browser's `online` event, [`SyncedAtom::resume`] or a new
+    /// page load resume it, depending on the [`HaltReason`](crate::HaltReason).
+    /// Every tab shows the leader's.
+    pub halted: ReadSignal<Option<SyncHalt>>,
 }
 
 // Parts are only used by the browser's sync loop.
@@ -111,6 +119,7 @@ pub(crate) struct StatusWriters {
     pub(crate) last_synced: WriteSignal<Option<i64>>,
     pub(crate) last_error: WriteSignal<Option<String>>,
     pub(crate) conflicts: WriteSignal<Vec<Conflict>>,
+    pub(crate) halted: WriteSignal<Option<SyncHalt>>,
 }
 
 fn status_signals() -> (AtomStatus, StatusWriters) {
@@ -123,6 +132,7 @@ fn status_signals() -> (AtomStatus, StatusWriters) {
     let (last_synced, set_last_synced) = signal(None);
     let (last_error, set_last_error) = signal(None);
     let (conflicts, set_conflicts) = signal(Vec::new());
+    let (halted, set_halted) = signal(None);
     (
         AtomStatus {
             ready,
@@ -134,6 +144,7 @@ fn status_signals() -> (AtomStatus, StatusWriters) {
             last_synced,
             last_error,
             conflicts,
+            halted,
         },
         StatusWriters {
             ready: set_ready,
@@ -145,6 +156,7 @@ fn status_signals() -> (AtomStatus, StatusWriters) {
             last_synced: set_last_synced,
             last_error: set_last_error,
             conflicts: set_conflicts,
+            halted: set_halted,
         },
     )
 }
@@ -174,6 +186,9 @@ type Publish = Box<dyn Fn(&Engine, &[String])>;
 pub(crate) struct Shared {
     pub(crate) group: String,
     pub(crate) engine: RefCell<Option<Engine>>,
+    /// The engine's halt as shown, with the token the refused request
+    /// carried (see [`crate::halt`]).
+    pub(crate) halt: RefCell<Option<(SyncHalt, Option<String>)>>,
     /// Writes made before the local data was loaded, replayed after.
     preload: RefCell<Vec<(String, Option<Raw>)>>,
     pub(crate) status: StatusWriters,
@@ -287,6 +302,72 @@ impl Shared {
         }
     }
 
+    /// Shows `halt` (or its end) in the status, and as the leader tells the
+    /// other tabs.
+    pub(crate) fn set_halt(&self, halt: Option<(SyncHalt, Option<String>)>) {
+        let shown = halt.as_ref().map(|(halt, _)| halt.clone());
+        *self.halt.borrow_mut() = halt;
+        self.status.halted.set(shown.clone());
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        if !self.follower.get()
+            && let Some(tabs) = &*self.tabs.borrow()
+        {
+            tabs.post(&crate::tabs::TabMessage::Halted {
+                group: self.group.clone(),
+                halted: shown,
+            });
+        }
+    }
+
+    /// Resumes syncing (see [`crate::halt`]): as a follower, by asking the
+    /// leading tab; as the leader, by ending the engine's halt (for
+    /// [`Resume::Online`], a credentials halt only) and its backoff, then
+    /// syncing at once.
+    pub(crate) fn resume(&self, why: Resume) {
+        #[cfg(all(target_arch = "wasm32", not(feature = "ssr")))]
+        if self.follower.get() {
+            if let Some(tabs) = &*self.tabs.borrow() {
+                tabs.post(&crate::tabs::TabMessage::Resume {
+                    group: self.group.clone(),
+                    why,
+                });
+            }
+            return;
+        }
+        let ends = match (why, &*self.halt.borrow()) {
+            (Resume::Online, Some((halt, _))) => halt.is_credentials(),
+            _ => true,
+        };
+        if !ends {
+            return;
+        }
+        if let Some(engine) = self.engine.borrow_mut().as_mut() {
+            engine.resume();
+        }
+        if self.halt.borrow().is_some() {
+            self.set_halt(None);
+        }
+        self.wake();
+    }
+
+    /// Ends a credentials halt once the token differs from the one the
+    /// refused request carried (a `WaitingForToken` halt: once there is a
+    /// token).
+    pub(crate) fn resume_on_new_token(&self) {
+        let token = self.options.token.get_untracked();
+        let ends = self.halt.borrow().as_ref().is_some_and(|(halt, sent)| {
+            halt.is_credentials()
+                && *sent != token
+                && (token.is_some() || halt.reason != crate::halt::HaltReason::WaitingForToken)
+        });
+        if ends {
+            if let Some(engine) = self.engine.borrow_mut().as_mut() {
+                engine.resume();
+            }
+            self.set_halt(None);
+        }
+    }
+
     /// Persists and publishes what an engine step did. Returns a future
     /// that resolves once the batch is durable (or immediately in memory).
     pub(crate) fn handle(&self, effects: Effects) -> impl Future<Output = ()> + use<> {
@@ -382,6 +463,9 @@ impl Shared {
         keys.sort();
         keys.dedup();
         *self.engine.borrow_mut() = Some(engine);
+        if self.halt.borrow().is_some() {
+            self.set_halt(None);
+        }
         self.publish_and_replay(&keys);
         // The sync loop waits for an engine.
         self.wake();
@@ -419,6 +503,9 @@ impl Shared {
     /// everything and marks the atom ready.
     pub(crate) fn install(&self, engine: Engine) {
         *self.engine.borrow_mut() = Some(engine);
+        // A loaded engine is not halted (halts are not stored).
+        *self.halt.borrow_mut() = None;
+        self.status.halted.set(None);
         let keys: Vec<String> = {
             let engine = self.engine.borrow();
             let engine = engine.as_ref().expect("just installed");
@@ -597,6 +684,17 @@ impl<T: Document> SyncedAtom<T> {
             }
             shared.status.conflicts.set(Vec::new());
         });
+    }
+
+    /// Resumes a halted sync (see [`AtomStatus::halted`]) and syncs now,
+    /// once the app dealt with the cause (another account, a fixed
+    /// document). Works from any tab: a follower asks the leading one. The
+    /// backoff after temporary failures is forgotten too. A request the
+    /// server still refuses halts again.
+    pub fn resume(&self) {
+        if let Some(shared) = self.shared {
+            shared.with_value(|shared| shared.resume(Resume::All));
+        }
     }
 
     /// Pushes and pulls now instead of at the next tick.
@@ -863,6 +961,7 @@ pub fn use_synced_atom_with_options<T: Document>(
     let shared = Rc::new(Shared {
         group: group.to_owned(),
         engine: RefCell::new(None),
+        halt: RefCell::new(None),
         preload: RefCell::new(Vec::new()),
         status: writers,
         config_error: RefCell::new(None),
@@ -1076,6 +1175,19 @@ fn start(app: &str, shared: Rc<Shared>) {
     let (wake, wakes) = futures::channel::mpsc::unbounded();
     *shared.wake.borrow_mut() = Some(wake);
     let weak = Rc::downgrade(&shared);
+    // A new token ends a credentials halt: the loop compares it with the
+    // refused one, woken at once.
+    let token = shared.options.token;
+    let woken = weak.clone();
+    Effect::watch(
+        move || token.get(),
+        move |_, _, _| {
+            if let Some(shared) = woken.upgrade() {
+                shared.wake();
+            }
+        },
+        false,
+    );
     drop(shared);
     leptos::task::spawn_local(crate::tabs::run(app.to_owned(), weak, wakes));
 }

@@ -514,3 +514,215 @@ async fn an_oversized_document_is_refused_alone_and_reported() {
     owner.cleanup();
     stop_serving();
 }
+
+/// Issue #9, finding 6: a 401 while the token signal is still `None` (before
+/// login) is not a halt for the page's life: the status says the atom waits
+/// for a token, and the token, once set, ends it without a reload.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn a_401_before_login_ends_when_the_token_arrives() {
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::HaltReason;
+    use atomsync_leptos::testing::{require_token, serve_with, stop_serving, with_fake_server};
+    serve_with(FakeServer::new());
+    require_token(Some("secret"));
+    let app = format!("test-{}", random_id(6));
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let owner = Owner::new_root(None);
+    owner.set();
+    provide_atomsync(app.clone());
+    let token = RwSignal::new(None::<String>);
+    let atom = use_synced_atom_with_options::<String>(
+        "todo",
+        UseSyncedAtomOptions::default()
+            .poll_interval_ms(50)
+            .token(token),
+    );
+    eventually("ready", || atom.status().ready.get_untracked()).await;
+    atom.insert("milk", "before login".to_owned());
+    eventually("the halt to wait for a token", || {
+        atom.status()
+            .halted
+            .get_untracked()
+            .is_some_and(|halt| halt.reason == HaltReason::WaitingForToken)
+    })
+    .await;
+    assert_eq!(atom.status().pending.get_untracked(), 1);
+    // Still waiting a while later: nothing is sent without a token.
+    sleep(200).await;
+    assert!(atom.status().halted.get_untracked().is_some());
+    token.set(Some("secret".to_owned()));
+    eventually("the write to reach the server", || {
+        with_fake_server(|s| s.document("todo", "milk"))
+            .flatten()
+            .is_some()
+            && atom.status().pending.get_untracked() == 0
+    })
+    .await;
+    assert_eq!(atom.status().halted.get_untracked(), None);
+    owner.cleanup();
+    stop_serving();
+}
+
+/// Issue #9, finding 8: a request that never gets an answer is abandoned
+/// after `request_timeout_ms`, and the next one (after the usual backoff)
+/// syncs.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn a_hung_request_times_out_and_the_next_one_syncs() {
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::testing::{
+        hang_next_requests, serve_with, stop_serving, with_fake_server,
+    };
+    serve_with(FakeServer::new());
+    let app = format!("test-{}", random_id(6));
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::<String>::new()));
+    let owner = Owner::new_root(None);
+    owner.set();
+    provide_atomsync(app.clone());
+    let atom = {
+        let errors = errors.clone();
+        use_synced_atom_with_options::<String>(
+            "todo",
+            UseSyncedAtomOptions::default()
+                .poll_interval_ms(50)
+                .request_timeout_ms(300)
+                .on_error(move |e| errors.borrow_mut().push(e.to_owned())),
+        )
+    };
+    eventually("ready", || atom.status().ready.get_untracked()).await;
+    // Let the first pull through, then hang the push.
+    eventually("the first pull", || {
+        atom.status().last_synced.get_untracked().is_some()
+    })
+    .await;
+    hang_next_requests(1);
+    atom.insert("milk", "1".to_owned());
+    eventually("the write to reach the server", || {
+        with_fake_server(|s| s.document("todo", "milk"))
+            .flatten()
+            .is_some()
+            && atom.status().pending.get_untracked() == 0
+    })
+    .await;
+    assert!(
+        errors
+            .borrow()
+            .iter()
+            .any(|e| e.contains("no answer within 300 ms")),
+        "{:?}",
+        errors.borrow()
+    );
+    assert_eq!(atom.status().halted.get_untracked(), None);
+    owner.cleanup();
+    stop_serving();
+}
+
+/// Issue #9, finding 6: a refused request halts the group in every tab,
+/// with its status; `resume()` from a follower tab asks the leader, which
+/// syncs again.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn resume_from_a_follower_ends_a_refusal() {
+    use atomsync_core::engine::Failure;
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::HaltReason;
+    use atomsync_leptos::testing::{
+        fail_next_requests, serve_with, stop_serving, with_fake_server,
+    };
+    serve_with(FakeServer::new());
+    let app = format!("test-{}", random_id(6));
+    let ((leader, leader_owner), (follower, follower_owner)) = leader_and_follower(&app).await;
+    fail_next_requests([Failure::Status(400)]);
+    follower.insert("bread", "refused once".to_owned());
+    let refused = |atom: &SyncedAtom<String>| {
+        atom.status()
+            .halted
+            .get_untracked()
+            .is_some_and(|halt| halt.reason == HaltReason::Refused { status: 400 })
+    };
+    eventually("both tabs to show the halt", || {
+        refused(&leader) && refused(&follower)
+    })
+    .await;
+    // Halted: nothing is sent, the write waits.
+    sleep(200).await;
+    assert!(
+        with_fake_server(|s| s.document("todo", "bread"))
+            .flatten()
+            .is_none()
+    );
+    assert_eq!(leader.status().pending.get_untracked(), 1);
+    follower.resume();
+    eventually("the write to reach the server", || {
+        with_fake_server(|s| s.document("todo", "bread"))
+            .flatten()
+            .is_some()
+    })
+    .await;
+    eventually("both tabs to show the halt ended", || {
+        leader.status().halted.get_untracked().is_none()
+            && follower.status().halted.get_untracked().is_none()
+    })
+    .await;
+    follower_owner.cleanup();
+    leader_owner.cleanup();
+    stop_serving();
+}
+
+/// A credentials refusal (a token the server no longer takes) ends on the
+/// browser's `online` event; a refusal of the request itself does not.
+#[cfg(feature = "fault-injection")]
+#[wasm_bindgen_test]
+async fn the_online_event_ends_a_credentials_halt() {
+    use atomsync_core::engine::Failure;
+    use atomsync_core::engine::testing::FakeServer;
+    use atomsync_leptos::HaltReason;
+    use atomsync_leptos::testing::{fail_next_requests, serve_with, stop_serving};
+    serve_with(FakeServer::new());
+    let app = format!("test-{}", random_id(6));
+    let _ = any_spawner::Executor::init_wasm_bindgen();
+    let owner = Owner::new_root(None);
+    owner.set();
+    provide_atomsync(app.clone());
+    let atom = use_synced_atom_with_options::<String>(
+        "todo",
+        UseSyncedAtomOptions::default()
+            .poll_interval_ms(50)
+            .token(Some("t".to_owned())),
+    );
+    eventually("ready", || atom.status().ready.get_untracked()).await;
+    let online = || {
+        let event = web_sys::Event::new("online").unwrap();
+        web_sys::window().unwrap().dispatch_event(&event).unwrap();
+    };
+    let halted = move || atom.status().halted.get_untracked().map(|h| h.reason);
+    fail_next_requests([Failure::Status(400)]);
+    atom.insert("a", "1".to_owned());
+    eventually("a refusal", || {
+        halted() == Some(HaltReason::Refused { status: 400 })
+    })
+    .await;
+    online();
+    sleep(200).await;
+    assert_eq!(halted(), Some(HaltReason::Refused { status: 400 }));
+    atom.resume();
+    eventually("synced", || {
+        halted().is_none() && atom.status().pending.get_untracked() == 0
+    })
+    .await;
+    fail_next_requests([Failure::Status(403)]);
+    atom.insert("b", "2".to_owned());
+    eventually("a credentials halt", || {
+        halted() == Some(HaltReason::Credentials { status: 403 })
+    })
+    .await;
+    online();
+    eventually("synced", || {
+        halted().is_none() && atom.status().pending.get_untracked() == 0
+    })
+    .await;
+    owner.cleanup();
+    stop_serving();
+}

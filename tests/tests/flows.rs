@@ -820,3 +820,92 @@ on_both_backends! {
         sync(&alice, "todo").await;
     }
 }
+
+/// Issue #9, finding 6 (native): a 401 before login is not a halt for ever:
+/// the token, once set, ends it without a `resume`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_token_ends_a_credentials_halt() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = r#"
+        [users.alice]
+        token = "alice-token"
+        groups = ["todo"]
+    "#;
+    let server = TestServer::start_with_users(dir.path(), Some(users)).await;
+    let alice = Client::open_with_options(
+        dir.path().join("alice.db"),
+        &server.url(),
+        "alice",
+        ClientOptions::default().synchronous(Synchronous::Normal),
+    )
+    .await
+    .unwrap();
+    alice.set("todo", "milk", &todo("Buy milk")).await.unwrap();
+    let error = alice.sync("todo").await.unwrap_err();
+    assert_eq!(error.failure().map(Failure::kind), Some(FailureKind::Auth));
+    assert!(matches!(alice.sync("todo").await, Err(Error::Halted(_))));
+    // A wrong token is refused too (and halts again); the right one syncs.
+    alice.set_token(Some("wrong".to_owned()));
+    let error = alice.sync("todo").await.unwrap_err();
+    assert_eq!(error.failure().map(Failure::kind), Some(FailureKind::Auth));
+    alice.set_token(Some("alice-token".to_owned()));
+    sync(&alice, "todo").await;
+    assert_eq!(alice.status("todo").await.unwrap().pending, 0);
+}
+
+/// Issue #9, finding 8 (native): a server that accepts the connection and
+/// never answers costs one request timeout, then the usual backoff; the
+/// next sync goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_request_times_out_and_the_next_one_syncs() {
+    use tokio::net::TcpListener;
+    let setup = Setup::new().await;
+    // In front of the server: the first connection is held open and never
+    // answered; the others are passed through.
+    let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let server = setup.server.address;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut inbound, _)) = proxy.accept().await else {
+                return;
+            };
+            if held.is_empty() {
+                held.push(inbound);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let client = Client::open_with_options(
+        setup.client_db("laptop"),
+        &proxy_url,
+        "laptop",
+        ClientOptions::default()
+            .synchronous(Synchronous::Normal)
+            .timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    client.set("todo", "milk", &todo("Buy milk")).await.unwrap();
+    let started = std::time::Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(10), client.sync("todo"))
+        .await
+        .expect("the hung request times out")
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Sync(Failure::Unreachable)),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let status = client.status("todo").await.unwrap();
+    assert_eq!((status.pending, status.failures), (1, 1));
+    assert!(status.ready_at.is_some() && status.halted.is_none());
+    sync(&client, "todo").await;
+    assert_eq!(client.status("todo").await.unwrap().pending, 0);
+}

@@ -4,7 +4,9 @@
 //! directory, reopened from that file on every server restart.
 //!
 //! Two tests: the simulation's own checks (convergence, no lost acknowledged
-//! write, every conflict reported, no skipped change) against the real store,
+//! write, every conflict reported, no skipped change, nothing sent before it
+//! is committed, no reused mutation number; with asynchronous and failing
+//! client storage, tabs, and tokens that expire) against the real store,
 //! and a differential run in which every request also goes to the in-memory
 //! model (`FakeServer`) and the two must answer alike.
 //!

@@ -1193,12 +1193,10 @@ impl Engine {
                 .as_deref()
                 .and_then(|t| t.strip_prefix(RESET_TAG))
                 .is_some_and(|old| Some(old) != cursor_epoch.as_deref());
-            if other_database && let Some(&head) = self.by_key.get(&key).map(|list| &list[0]) {
+            if other_database && self.by_key.contains_key(&key) {
                 // The server lacks the document a pending write was based
                 // on: the write makes it again.
-                let mut change = self.pending[&head].clone();
-                change.base_version = 0;
-                self.put_pending(change);
+                self.rebase_head(&key, 0, None);
             } else if let Some(local) = gone
                 && other_database
             {
@@ -1238,11 +1236,46 @@ impl Engine {
         // The server has the state the engine last knew of it: the write
         // was made on that state (whatever its number there).
         let same = known == doc.value;
+        if same {
+            self.rebase_head(&doc.key, doc.version, Some(&doc.value));
+            return;
+        }
         change.base_version = doc.version;
         self.put_pending(change);
         if !same {
             self.conflicted(head, Some(doc), epoch, 0);
         }
+    }
+
+    /// Puts the pending writes of `key` on `base_version`. The oldest may
+    /// have been sent, and decided, on its old base: the server takes one
+    /// number for one change (key, base version, value), so a write on
+    /// another base goes under a new number, the writes queued behind it
+    /// (never sent) folded into it; dropped if its value is `server`'s.
+    fn rebase_head(&mut self, key: &str, base_version: u64, server: Option<&Option<Raw>>) {
+        let mutations = self.by_key.get(key).cloned().unwrap_or_default();
+        let Some(head) = mutations.first() else {
+            return;
+        };
+        if self.pending[head].base_version == base_version {
+            return;
+        }
+        let mut value = None;
+        for mutation in mutations {
+            if let Some(queued) = self.remove_pending(mutation) {
+                value = queued.value;
+            }
+        }
+        if server == Some(&value) {
+            return;
+        }
+        let change = PendingChange {
+            mutation: self.next_mutation(),
+            key: key.to_owned(),
+            base_version,
+            value,
+        };
+        self.put_pending(change);
     }
 
     /// Reports a document the server lost in a reset, and resolves it by the

@@ -21,7 +21,7 @@ mod sim;
 
 pub use fake::FakeServer;
 pub use rng::SimRng;
-pub use sim::{SimConfig, SimError, SimStats, run_seeds, simulate};
+pub use sim::{Mutant, SimConfig, SimError, SimStats, run_seeds, simulate};
 
 use crate::protocol::{ErrorBody, PullRequest, PullResponse, PushRequest, PushResponse};
 
