@@ -416,4 +416,15 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_database_url_is_logged_without_its_password() {
+        let shown = |db: &str| shown(std::path::Path::new(db));
+        assert_eq!(
+            shown("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(shown("postgresql://u@h/db"), "postgresql://u@h/db");
+        assert_eq!(shown("data/my.db"), "data/my.db");
+    }
 }

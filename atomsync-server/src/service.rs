@@ -198,7 +198,10 @@ impl SyncService {
         &self.inner.shared.epoch
     }
 
-    /// The cursor after the last accepted change.
+    /// The cursor after the last accepted change this server knows of: on
+    /// SQLite, the latest; on PostgreSQL, the latest this server made or
+    /// heard of from the others (their notifications arrive within
+    /// milliseconds), which requests never rely on.
     pub fn cursor(&self) -> Cursor {
         let shared = &self.inner.shared;
         shared.cursor_at(shared.latest.load(Ordering::Acquire))
@@ -324,6 +327,12 @@ impl SyncService {
     /// Follows a group: the returned [`Subscription`] yields the current
     /// cursor first, then the latest cursor after each accepted change in the
     /// group. It ends on [`SyncService::shutdown`].
+    ///
+    /// On PostgreSQL, changes accepted by the other servers on the database
+    /// count too (they arrive by `LISTEN`/`NOTIFY`); when this server's
+    /// listening connection is cut, it reconnects by itself and every
+    /// subscription gets the latest cursor, since notifications sent
+    /// meanwhile were lost.
     ///
     /// # Errors
     ///

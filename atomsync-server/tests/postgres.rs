@@ -334,3 +334,46 @@ async fn a_postgresql_restart_under_load_is_503_meanwhile_and_recovers_alone() {
         assert!(seen.contains_key(key), "{key} was acknowledged and is lost");
     }
 }
+
+/// Over HTTP, between two server processes: `/events` on B carries a push
+/// made through A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_of_one_process_carries_pushes_made_through_another() {
+    let url = pg::fresh_database();
+    let a = ServerProcess::start(&["--db", &url]);
+    let b = ServerProcess::start(&["--db", &url]);
+    let mut events = client().get(b.url("/events?group=g")).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    let mut text = String::new();
+    while !text.contains("data: ") {
+        let chunk = events
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = http_push(
+        &client(),
+        &a.url("/sync"),
+        None,
+        &push_request("g", "c", vec![change(1, "k", 0, Some("1"))]),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let pushed: PushResponse = sexpr::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let expected = format!("data: {}", pushed.cursor);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !text.contains(&expected) {
+            let chunk = events
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no event for {expected} on B: {text}"));
+}

@@ -481,6 +481,16 @@ on_both_backends! {
     }
 
     #[test]
+    fn values_with_control_characters_and_unicode_round_trip() {
+        let mut store = store();
+        let text = "((s . \"nul \\x0; tab \\x9; é 😀\") (c . #\\x0))";
+        push(&mut store, "c", vec![change(1, "k é 😀", 0, Some(text))]).unwrap();
+        let page = pull(&mut store, None, None).unwrap();
+        assert_eq!(page.documents[0].key, "k é 😀");
+        assert_eq!(page.documents[0].value, Some(raw(text)));
+    }
+
+    #[test]
     fn epoch_data_and_purge_floor_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let db = location(dir.path());
@@ -552,4 +562,67 @@ fn a_restored_copy_of_a_postgresql_database_gets_a_new_epoch() {
 fn a_postgresql_url_that_does_not_parse_is_a_configuration_error() {
     let err = Store::open("postgres://u@h:notaport/db", StoreOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+/// Servers starting together on a new database migrate it once and agree on
+/// its epoch.
+#[test]
+fn instances_starting_at_once_migrate_once_and_share_the_epoch() {
+    let url = pg::fresh_database();
+    let epochs: Vec<String> = std::thread::scope(|scope| {
+        let opening: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    Store::open(&url, StoreOptions::default())
+                        .unwrap()
+                        .epoch()
+                        .to_owned()
+                })
+            })
+            .collect();
+        opening.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(epochs.iter().all(|e| *e == epochs[0]), "{epochs:?}");
+    // A database migrated by a newer server is refused.
+    pg::sql(&url, "UPDATE atomsync_schema SET version = version + 1");
+    let err = Store::open(&url, StoreOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+/// A database restored under a running server (here: replaced by a copy
+/// under the same name, its connections cut) is noticed when the server
+/// reconnects: a new epoch, and cursors of the old history reset.
+#[test]
+fn a_database_restored_under_a_running_store_gets_a_new_epoch_on_reconnect() {
+    let url = pg::fresh_database();
+    let mut store = Store::open(&url, StoreOptions::default()).unwrap();
+    push(&mut store, "c", vec![change(1, "k", 0, Some("1"))]).unwrap();
+    let cursor = store.cursor();
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let admin = format!("{base}/postgres");
+    pg::sql(
+        &admin,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"),
+    );
+    pg::sql(
+        &admin,
+        &format!("CREATE DATABASE {name}_copy TEMPLATE {name}"),
+    );
+    pg::sql(&admin, &format!("DROP DATABASE {name} WITH (FORCE)"));
+    pg::sql(
+        &admin,
+        &format!("ALTER DATABASE {name}_copy RENAME TO {name}"),
+    );
+    // The first request finds the connection cut (503), the next reconnects.
+    let mut answer = pull(&mut store, Some(cursor.clone()), None);
+    for _ in 0..50 {
+        if !matches!(answer, Err(Error::Unavailable)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        answer = pull(&mut store, Some(cursor.clone()), None);
+    }
+    assert!(matches!(answer, Err(Error::CursorReset(_))), "{answer:?}");
+    assert_ne!(store.epoch(), cursor.epoch);
+    assert_eq!(pull(&mut store, None, None).unwrap().documents.len(), 1);
 }

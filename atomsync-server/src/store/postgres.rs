@@ -226,11 +226,16 @@ impl Drop for PgStore {
 /// Parses a `postgres://` or `postgresql://` URL; the password may also come
 /// from `PGPASSWORD`.
 pub(crate) fn parse_url(url: &str) -> Result<Config> {
+    parse_url_with(url, std::env::var("PGPASSWORD").ok())
+}
+
+/// [`parse_url`] with `PGPASSWORD`'s value.
+fn parse_url_with(url: &str, pgpassword: Option<String>) -> Result<Config> {
     let mut config: Config = url
         .parse()
         .map_err(|e| Error::Config(format!("invalid PostgreSQL URL: {e}")))?;
     if config.get_password().is_none()
-        && let Ok(password) = std::env::var("PGPASSWORD")
+        && let Some(password) = pgpassword
     {
         config.password(password);
     }
@@ -299,8 +304,31 @@ impl PgStore {
             self.conn = None;
         }
         if self.conn.is_none() {
-            match Conn::connect(&self.config) {
-                Ok(conn) => self.conn = Some(conn),
+            // The database may have been restored, recovered to a point in
+            // time or failed over while the connection was down: the same
+            // check as on open (under the meta row's lock, so one server
+            // takes the new epoch and the others see it).
+            let connected = Conn::connect(&self.config).map(|mut conn| {
+                let settled = settle_epoch(&mut conn.client, &StoreOptions::default());
+                (conn, settled)
+            });
+            match connected {
+                Ok((conn, Ok((epoch, reason)))) => {
+                    self.conn = Some(conn);
+                    if epoch != self.epoch {
+                        tracing::warn!(old = %self.epoch, new = %epoch, "the database has a new epoch");
+                        self.epoch = epoch;
+                        self.seq = 0;
+                        self.purged_seq = 0;
+                        if reason.is_some() {
+                            self.new_epoch_reason = reason;
+                        }
+                    }
+                }
+                Ok((_, Err(e))) => {
+                    tracing::warn!(error = %e, "PostgreSQL answered but its epoch could not be checked");
+                    return Err(Error::Unavailable);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "PostgreSQL is out of reach");
                     return Err(Error::Unavailable);
@@ -875,4 +903,43 @@ fn listen_once(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_take_the_password_from_the_url_or_pgpassword() {
+        for scheme in ["postgres", "postgresql"] {
+            let config = parse_url_with(
+                &format!("{scheme}://u:secret@h:5433/db"),
+                Some("env".into()),
+            )
+            .unwrap();
+            assert_eq!(config.get_password(), Some(&b"secret"[..]));
+            assert_eq!(config.get_user(), Some("u"));
+            assert_eq!(config.get_dbname(), Some("db"));
+            assert_eq!(config.get_ports(), [5433]);
+            let config = parse_url_with(&format!("{scheme}://u@h/db"), Some("env".into())).unwrap();
+            assert_eq!(config.get_password(), Some(&b"env"[..]));
+            let config = parse_url_with(&format!("{scheme}://u@h/db"), None).unwrap();
+            assert_eq!(config.get_password(), None);
+            assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        }
+        assert!(matches!(
+            parse_url_with("postgres://u@h:x/db", None),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn out_of_reach_is_told_apart_from_a_failed_statement() {
+        // Nothing listens on port 1: connecting fails without a SQL state.
+        let config = parse_url_with("postgres://u@127.0.0.1:1/db", None).unwrap();
+        let Err(err) = config.connect(NoTls) else {
+            panic!("something listens on port 1");
+        };
+        assert!(is_unavailable(&err));
+    }
 }
