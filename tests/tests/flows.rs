@@ -239,27 +239,27 @@ macro_rules! on_both_backends {
     };
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Todo {
+    title: String,
+    done: bool,
+}
+
+fn todo(title: &str) -> Todo {
+    Todo {
+        title: title.to_owned(),
+        done: false,
+    }
+}
+
+async fn sync(client: &Client, group: &str) -> atomsync_client::SyncReport {
+    client
+        .sync(group)
+        .await
+        .unwrap_or_else(|e| panic!("{} syncs {group}: {e}", client.device_id()))
+}
+
 on_both_backends! {
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    struct Todo {
-        title: String,
-        done: bool,
-    }
-
-    fn todo(title: &str) -> Todo {
-        Todo {
-            title: title.to_owned(),
-            done: false,
-        }
-    }
-
-    async fn sync(client: &Client, group: &str) -> atomsync_client::SyncReport {
-        client
-            .sync(group)
-            .await
-            .unwrap_or_else(|e| panic!("{} syncs {group}: {e}", client.device_id()))
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_clients_converge_on_same_key() {
         let setup = setup().await;
