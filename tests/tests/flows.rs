@@ -826,26 +826,6 @@ on_both_backends! {
 mod halts_and_timeouts {
     use super::*;
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    struct Todo {
-        title: String,
-        done: bool,
-    }
-
-    fn todo(title: &str) -> Todo {
-        Todo {
-            title: title.to_owned(),
-            done: false,
-        }
-    }
-
-    async fn sync(client: &Client, group: &str) -> atomsync_client::SyncReport {
-        client
-            .sync(group)
-            .await
-            .unwrap_or_else(|e| panic!("{} syncs {group}: {e}", client.device_id()))
-    }
-
     /// Issue #9, finding 6 (native): a 401 before login is not a halt for ever:
     /// the token, once set, ends it without a `resume`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
