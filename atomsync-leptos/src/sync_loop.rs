@@ -146,7 +146,11 @@ pub(crate) async fn run(shared: Weak<Shared>, wakes: &mut UnboundedReceiver<()>)
 /// round, and the resulting batch persisted before the next request.
 async fn step(shared: &Rc<Shared>) {
     shared.resume_on_new_token();
-    let token = shared.options.token.get_untracked();
+    // A token signal already disposed: the component that gave it is gone,
+    // and the atom with it (its loop ends at the next wake).
+    let Some(token) = shared.options.token.try_get_untracked() else {
+        return;
+    };
     let timeout_ms = shared.options.request_timeout_ms;
     shared.set_syncing(true);
     let mut round = SyncRound::new();
@@ -308,7 +312,7 @@ struct Events {
 impl Events {
     fn open(shared: &Rc<Shared>) -> Option<Events> {
         use wasm_bindgen::JsCast;
-        if !shared.options.live || shared.options.token.get_untracked().is_some() {
+        if !shared.options.live || shared.options.token.try_get_untracked() != Some(None) {
             return None;
         }
         let base = match (&shared.options.events_url, &shared.endpoint) {

@@ -354,7 +354,11 @@ impl Shared {
     /// refused request carried (a `WaitingForToken` halt: once there is a
     /// token).
     pub(crate) fn resume_on_new_token(&self) {
-        let token = self.options.token.get_untracked();
+        // The token signal may belong to an owner already cleaned up (the
+        // atom's loop outlives it by a step): then there is nothing to do.
+        let Some(token) = self.options.token.try_get_untracked() else {
+            return;
+        };
         let ends = self.halt.borrow().as_ref().is_some_and(|(halt, sent)| {
             halt.is_credentials()
                 && *sent != token
