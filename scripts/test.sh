@@ -16,6 +16,10 @@ cargo clippy -p demo --features hydrate --target wasm32-unknown-unknown -- -D wa
 (cd examples/starter &&
   cargo clippy --features ssr -- -D warnings &&
   cargo clippy --features hydrate --target wasm32-unknown-unknown -- -D warnings)
+echo "== rustdoc (broken or private intra-doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc -p atomsync-leptos --features ssr --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc -p atomsync-leptos --features hydrate,fault-injection --target wasm32-unknown-unknown --no-deps --quiet
 echo "== demo build (cargo leptos build: server + wasm)"; cargo leptos build
 echo "== starter build (examples/starter, an app outside the workspace, as the README prints it)"
 (cd examples/starter && cargo leptos build)

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Arguments and results travel as S-expressions in the body of a `POST`
-//! request with content type [`CONTENT_TYPE`](atomsync_core::protocol::CONTENT_TYPE),
+//! request with content type [`atomsync_core::protocol::CONTENT_TYPE`],
 //! keeping every Rust type exact (see [`atomsync_core::sexpr`]).
 
 use bytes::Bytes;

@@ -1,7 +1,7 @@
 //! atomsync's Leptos server functions: pull and push with the [`SExpr`]
 //! encoding. With the `ssr` feature they run against the
 //! `atomsync_server::SyncService` the host app provides as context (see
-//! [`provide_sync_service`]); in the browser they are the hook's default
+//! `provide_sync_service`); in the browser they are the hook's default
 //! transport.
 //!
 //! On the server they are exactly as strict as the plain HTTP routes, with

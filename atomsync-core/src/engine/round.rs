@@ -83,7 +83,16 @@ pub enum RoundEnd {
     Halted(Halt),
 }
 
-/// One sync round over an [`Engine`]. See the [module docs](self).
+/// One sync round over an [`Engine`]: what it sends next and when it stops,
+/// as data, so that every adapter (the native client, the browser hook, a
+/// test) syncs the same way.
+///
+/// A round pushes what is pending, then pulls at least once and as long as
+/// the engine knows it is behind, and starts over (a few times at most) if
+/// writes came in meanwhile. It goes on at once after the failures the
+/// engine recovers from by itself (a cursor reset, a reused mutation number,
+/// a push too large), and ends at any other failure, at a halt, or when the
+/// backoff says to wait.
 #[derive(Debug, Clone, Default)]
 pub struct SyncRound {
     pulling: bool,
