@@ -516,11 +516,13 @@ on_both_backends! {
         let declare = |label: &str| StoreOptions::default().new_epoch(Some(label.to_owned()));
         let store = Store::open(&db, declare("restore-1")).unwrap();
         assert_ne!(store.epoch(), epoch);
-        assert!(store.new_epoch_reason().unwrap().contains("restore-1"));
+        let reason = store.new_epoch_reason().unwrap();
+        assert!(reason.contains("restore-1") && reason.contains("operator"), "{reason}");
         let epoch = store.epoch().to_owned();
         drop(store);
         let store = Store::open(&db, declare("restore-1")).unwrap();
         assert_eq!(store.epoch(), epoch, "the same label again changes nothing");
+        assert_eq!(store.new_epoch_reason(), None);
         drop(store);
         let store = Store::open(&db, declare("restore-2")).unwrap();
         assert_ne!(store.epoch(), epoch);

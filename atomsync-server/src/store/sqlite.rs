@@ -832,19 +832,7 @@ mod tests {
         let store = SqliteStore::open(&moved, StoreOptions::default()).unwrap();
         assert_ne!(store.epoch(), second);
         drop(store);
-        // The operator declares a restore: once per label, so a declaration
-        // left in the service's flags does not reset every client again.
-        let declare = |label: &str| StoreOptions::default().new_epoch(Some(label.to_owned()));
-        let store = SqliteStore::open(&path, declare("restore-1")).unwrap();
-        assert_ne!(store.epoch(), second);
-        assert!(store.new_epoch_reason().unwrap().contains("operator"));
-        let third = store.epoch().to_owned();
-        drop(store);
-        let store = SqliteStore::open(&path, declare("restore-1")).unwrap();
-        assert_eq!(store.epoch(), third, "the same label again: nothing");
-        assert_eq!(store.new_epoch_reason(), None);
-        drop(store);
-        let store = SqliteStore::open(&path, declare("restore-2")).unwrap();
-        assert_ne!(store.epoch(), third, "a new label: a new epoch");
+        // Declared restores (once per label) are tested on both backends in
+        // tests/store.rs.
     }
 }
